@@ -159,15 +159,28 @@ def cmdline(pid: int) -> list[str]:
 
 
 def child_pids(pid: int) -> list[int]:
-    """Live (non-zombie) direct children of ``pid``, by scanning /proc/*/stat ppid."""
-    children = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        fields = _stat_fields(int(entry))
-        if fields and int(fields[1]) == pid and fields[0] not in ("Z", "X"):
-            children.append(int(entry))
-    return sorted(children)
+    """Live (non-zombie) direct children of ``pid``: from /proc/<pid>/task/*/children when the
+    kernel provides it, else by scanning the ppid of every /proc/*/stat."""
+    task_dir = Path(f"/proc/{pid}/task")
+    found: set[int] = set()
+    have_children_files = False
+    try:
+        for task in task_dir.iterdir():
+            try:
+                text = (task / "children").read_text()
+            except FileNotFoundError:
+                continue
+            have_children_files = True
+            found.update(int(part) for part in text.split())
+    except (FileNotFoundError, ProcessLookupError, NotADirectoryError):
+        return []
+    if not have_children_files:
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                fields = _stat_fields(int(entry))
+                if fields and int(fields[1]) == pid:
+                    found.add(int(entry))
+    return sorted(child for child in found if pid_alive(child))
 
 
 def kill_quietly(pid: int, sig: int = signal.SIGKILL) -> None:
