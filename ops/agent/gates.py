@@ -1,0 +1,192 @@
+"""Readiness gates and health checks, evaluated on the host.
+
+Every gate answers from evidence produced by *this* start: log lines written after the recorded
+offset, a port held by the service's own processes started after the start, a health answer.
+"""
+
+import os
+import re
+import time
+import urllib.error
+import urllib.request
+
+from . import procs
+from .secrets import Secrets
+
+
+class LogWatch:
+    """Reads lines appended to a log after a remembered (inode, offset); survives rotation."""
+
+    def __init__(self, path, offset=None, inode=None):
+        self.path = path
+        if offset is None:
+            offset, inode = self.position(path)
+        self.offset = offset
+        self.inode = inode
+        self.partial = b""
+
+    @staticmethod
+    def position(path):
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return 0, None
+        return st.st_size, st.st_ino
+
+    def new_lines(self):
+        """Complete lines written since the last call (the unfinished last line is kept back)."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return []
+        if st.st_ino != self.inode or st.st_size < self.offset:
+            # rotated (new inode) or truncated: the new content starts at 0
+            self.inode = st.st_ino
+            self.offset = 0
+            self.partial = b""
+        if st.st_size == self.offset:
+            return []
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            data = f.read(st.st_size - self.offset)
+        self.offset += len(data)
+        data = self.partial + data
+        lines = data.split(b"\n")
+        self.partial = lines.pop()
+        return [ln.decode("utf-8", "replace") for ln in lines]
+
+    def pending_partial(self):
+        return self.partial.decode("utf-8", "replace")
+
+
+def tail_lines(path, n, since=None):
+    """The last n lines of a file (from offset `since` when given), decoded."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            start = since if since is not None and since <= size else 0
+            chunk = 8192
+            pos = size
+            data = b""
+            while pos > start and data.count(b"\n") <= n:
+                step = min(chunk, pos - start)
+                pos -= step
+                f.seek(pos)
+                data = f.read(step) + data
+    except FileNotFoundError:
+        return []
+    lines = data.decode("utf-8", "replace").splitlines()
+    return lines[-n:] if n else []
+
+
+def http_check(health, secrets=None, timeout=None):
+    """One health request. Returns (ok, detail, status). Header values may come from host files."""
+    secrets = secrets or Secrets()
+    headers = dict(health.get("headers") or {})
+    for name, path in (health.get("header_files") or {}).items():
+        value = secrets.read_file(path)
+        if value is None:
+            return False, "header %s: cannot read %s on the host" % (name, path), None
+        headers[name] = value
+    req = urllib.request.Request(health["url"], headers=headers, method="GET")
+    t = health.get("timeout") or 5.0
+    if timeout is not None:
+        t = max(0.05, min(t, timeout))
+    expected = health.get("status") or 200
+    try:
+        with _opener().open(req, timeout=t) as resp:
+            status = resp.status
+            body = resp.read(65536).decode("utf-8", "replace")
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+        try:
+            body = exc.read(65536).decode("utf-8", "replace")
+        except Exception:
+            body = ""
+    except Exception as exc:  # connection refused, timeout, bad URL...
+        reason = getattr(exc, "reason", exc)
+        return False, "%s: %s" % (health["url"], reason), None
+    if status != expected:
+        return False, "%s answered %d, expected %d" % (health["url"], status, expected), status
+    pattern = health.get("body")
+    if pattern and not re.search(pattern, body):
+        return False, "%s body does not match /%s/" % (health["url"], pattern), status
+    return True, "%s answered %d" % (health["url"], status), status
+
+
+_OPENER = []
+
+
+def _opener():
+    # no proxies: health checks talk to the host's own services
+    if not _OPENER:
+        _OPENER.append(urllib.request.build_opener(urllib.request.ProxyHandler({})))
+    return _OPENER[0]
+
+
+def tree_pids(table, root_pid, since_epoch=None):
+    """The root and its descendants (alive), optionally only those started at/after since_epoch."""
+    out = set()
+    root = table.get(root_pid)
+    if root is not None and root.alive:
+        out.add(root_pid)
+    for p in procs.descendants(table, root_pid):
+        if p.alive:
+            out.add(p.pid)
+    if since_epoch is not None:
+        out = {pid for pid in out if table[pid].start_epoch >= since_epoch - 1.0}
+    return out
+
+
+def port_gate(table, port, owner_pids):
+    """(ok, detail): the port listens and a pid holding it belongs to the owner set."""
+    holders = procs.listening_pids(port)
+    if not holders:
+        return False, "port %d: nothing listening" % port
+    mine = holders & set(owner_pids)
+    if mine:
+        return True, "port %d held by pid %s" % (port, ",".join(str(p) for p in sorted(mine)))
+    return False, "port %d held by %s, not by this service" % (port, describe_pids(table, holders))
+
+
+def describe_pids(table, pids):
+    parts = []
+    for pid in sorted(pids):
+        p = table.get(pid) or procs.get(pid)
+        parts.append("pid %d (%s)" % (pid, _short(p.cmdline) if p else "?"))
+    return ", ".join(parts) if parts else "an unknown process (not visible to this user)"
+
+
+def _short(text, n=80):
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def child_gate(table, parent_pid, pattern, since_epoch=None):
+    """(ok, detail, pids): processes matching pattern under parent_pid."""
+    under = tree_pids(table, parent_pid, since_epoch)
+    found = [p.pid for p in procs.pgrep(table, pattern) if p.pid in under and p.pid != parent_pid]
+    if found:
+        return True, "pid %s under %d" % (",".join(map(str, found)), parent_pid), found
+    return False, "no process matching /%s/ under pid %d" % (pattern, parent_pid), []
+
+
+def heartbeat_age(hb, now=None):
+    """(age_seconds or None, detail)."""
+    import json
+
+    from .state import expand
+
+    path = expand(hb["file"])
+    now = time.time() if now is None else now
+    try:
+        if hb.get("field"):
+            with open(path) as f:
+                ts = float(json.load(f)[hb["field"]])
+        else:
+            ts = os.stat(path).st_mtime
+    except FileNotFoundError:
+        return None, "heartbeat %s does not exist" % path
+    except (ValueError, KeyError, TypeError) as exc:
+        return None, "heartbeat %s unreadable: %s" % (path, exc)
+    return now - ts, "heartbeat %s is %.1fs old" % (path, now - ts)

@@ -1,0 +1,692 @@
+"""Start, stop and status of services, run on the host in one agent call per phase.
+
+Identity: a process the tool started is pid + start time + boot id (procs.identity); a pid whose
+start time or boot id differs is someone else's and is never signalled.
+"""
+
+import os
+import re
+import shlex
+import signal
+import subprocess
+import time
+
+from . import procs
+from .gates import (
+    LogWatch,
+    child_gate,
+    describe_pids,
+    http_check,
+    port_gate,
+    tail_lines,
+    tree_pids,
+)
+from .secrets import Secrets
+from .state import StateStore, expand
+
+POLL = 0.02  # gate and stop polling interval (s)
+KILL_WAIT = 5.0  # how long to wait for SIGKILL to take effect
+LOG_TAIL = 20
+
+
+def _signum(name):
+    return getattr(signal, "SIG" + name)
+
+
+class Lifecycle:
+    def __init__(self, host, emit=None, clock=time.monotonic, sleep=time.sleep):
+        self.host = host
+        self.store = StateStore(host["state_dir"])
+        self.checkout = expand(host["path"])
+        self.emit = emit or (lambda event: None)
+        self.clock = clock
+        self.sleep = sleep
+        self.secrets = Secrets(self.checkout)
+        self.spawned = {}  # pid -> Popen, so our own children are reaped, never left as zombies
+        self.protected = procs.self_and_ancestors()
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _reap(self):
+        for pid, p in list(self.spawned.items()):
+            if p.poll() is not None:
+                del self.spawned[pid]
+
+    def _snapshot(self):
+        self._reap()
+        return procs.snapshot()
+
+    def _pgrep(self, table, pattern):
+        return procs.pgrep(table, pattern, exclude=self.protected)
+
+    def _log_path(self, spec):
+        return expand(spec["log"], self.checkout)
+
+    def _tail(self, spec, since=None, n=LOG_TAIL):
+        return [self.secrets.redact(ln) for ln in tail_lines(self._log_path(spec), n, since)]
+
+    def live_pid(self, spec, state=None):
+        """(pid or None, note). The recorded pid, only if it is still the same process."""
+        state = self.store.load(spec["name"]) if state is None else state
+        if not state or not state.get("pid"):
+            return None, None
+        ident = {k: state.get(k) for k in ("pid", "starttime", "boot_id")}
+        if procs.same_process(ident):
+            return state["pid"], None
+        other = procs.get(state["pid"])
+        if other is not None and other.alive:
+            return None, "recorded pid %d now belongs to another process (pid reuse): %s" % (
+                state["pid"],
+                other.cmdline[:80],
+            )
+        return None, None
+
+    # --- status ----------------------------------------------------------------------------
+
+    def status(self, specs, all_specs, health=True):
+        table = self._snapshot()
+        return [self._status_one(spec, all_specs, table, health) for spec in specs]
+
+    def _status_one(self, spec, all_specs, table, health):
+        name = spec["name"]
+        out = {
+            "name": name,
+            "state": "stopped",
+            "pid": None,
+            "uptime": None,
+            "port": spec["port"],
+            "port_holders": [],
+            "port_ok": None,
+            "health": None,
+            "detail": "",
+            "supervised_by": spec.get("supervised_by"),
+        }
+        owner_root = None
+        if spec.get("supervised_by"):
+            sup = all_specs[spec["supervised_by"]]
+            sup_pid, _ = self.live_pid(sup)
+            if sup_pid is not None:
+                ok, detail, pids = child_gate(table, sup_pid, spec["match"])
+                if ok:
+                    out.update(state="running", pid=pids[0])
+                    owner_root = sup_pid
+                else:
+                    out.update(
+                        state="dead",
+                        detail="supervisor %s (pid %d) runs, but %s" % (sup["name"], sup_pid, detail),
+                    )
+            else:
+                out["detail"] = "supervisor %s is not running" % sup["name"]
+        else:
+            state = self.store.load(name)
+            pid, note = self.live_pid(spec, state)
+            if pid is not None:
+                out.update(state="running", pid=pid)
+                owner_root = pid
+            elif state and state.get("corrupt"):
+                out.update(state="unknown", detail="state file is corrupt")
+            elif state and state.get("pid") and not state.get("stopped"):
+                out.update(
+                    state="dead",
+                    detail=note
+                    or "pid %d is gone; last log: %s" % (state["pid"], " | ".join(self._tail(spec, n=1))),
+                )
+            elif note:
+                out["detail"] = note
+        if out["pid"] is not None:
+            p = table.get(out["pid"])
+            if p is not None:
+                out["uptime"] = max(0.0, time.time() - p.start_epoch)
+        strays = [
+            p
+            for p in self._pgrep(table, spec["match"])
+            if owner_root is None or p.pid not in tree_pids(table, owner_root)
+        ]
+        if strays and out["state"] != "running":
+            out["state"] = "unknown" if out["state"] == "stopped" else out["state"]
+            out["detail"] = (out["detail"] + "; " if out["detail"] else "") + (
+                "not started by this tool but running: %s" % describe_pids(table, [p.pid for p in strays])
+            )
+        if spec["port"]:
+            holders = procs.listening_pids(spec["port"])
+            mine = tree_pids(table, owner_root) if owner_root else set()
+            out["port_holders"] = [
+                {"pid": h, "cmd": (table[h].cmdline[:80] if h in table else "?"), "own": h in mine}
+                for h in sorted(holders)
+            ]
+            out["port_ok"] = bool(holders & mine)
+        if health and spec.get("health") and out["state"] == "running":
+            t = time.monotonic()
+            ok, detail, _ = http_check(spec["health"], self.secrets)
+            out["health"] = {
+                "ok": ok,
+                "detail": self.secrets.redact(detail),
+                "ms": round((time.monotonic() - t) * 1000, 1),
+            }
+        return out
+
+    # --- start -----------------------------------------------------------------------------
+
+    def start(self, specs, all_specs):
+        results = []
+        failed = None
+        for spec in specs:
+            if failed:
+                results.append(
+                    {"name": spec["name"], "outcome": "skipped", "detail": "not started: %s failed" % failed}
+                )
+                continue
+            if spec.get("supervised_by"):
+                r = self._check_supervised(spec, all_specs[spec["supervised_by"]])
+            else:
+                r = self.start_one(spec, [all_specs[c] for c in spec.get("children") or []])
+            self.emit({"event": "service", "phase": "start", "result": r})
+            results.append(r)
+            if r["outcome"] == "failed":
+                failed = spec["name"]
+        return {"ok": failed is None, "services": results}
+
+    def _check_supervised(self, spec, sup):
+        sup_pid, _ = self.live_pid(sup)
+        if sup_pid is None:
+            return {
+                "name": spec["name"],
+                "outcome": "failed",
+                "detail": "its supervisor %s is not running; start %s" % (sup["name"], sup["name"]),
+            }
+        ok, detail, pids = child_gate(self._snapshot(), sup_pid, spec["match"])
+        return {
+            "name": spec["name"],
+            "outcome": "supervised" if ok else "failed",
+            "pid": pids[0] if pids else None,
+            "detail": ("started by %s: " % sup["name"]) + detail,
+        }
+
+    def _result(self, spec, outcome, **kw):
+        r = {"name": spec["name"], "outcome": outcome, "pid": None, "gates": [], "detail": ""}
+        r.update(kw)
+        return r
+
+    def start_one(self, spec, children):
+        name = spec["name"]
+        t_start = time.time()
+        m_start = self.clock()
+        state = self.store.load(name)
+        pid, _note = self.live_pid(spec, state)
+        if pid is not None:
+            table = self._snapshot()
+            gates = self._instant_gates(spec, children, pid, table)
+            bad = [g for g in gates if not g["ok"]]
+            if not bad:
+                return self._result(
+                    spec,
+                    "already-running",
+                    pid=pid,
+                    gates=gates,
+                    detail="already running and healthy (pid %d); nothing to do" % pid,
+                )
+            return self._result(
+                spec,
+                "failed",
+                pid=pid,
+                gates=gates,
+                detail=(
+                    "already running (pid %d) but not healthy: %s; use `restart`" % (pid, bad[0]["detail"])
+                ),
+            )
+
+        # Pre-flight: no second copy, no port held by anyone.
+        table = self._snapshot()
+        for s in [spec] + list(children):
+            running = self._pgrep(table, s["match"])
+            if running:
+                return self._result(
+                    spec,
+                    "failed",
+                    detail=(
+                        "%s is already running outside this tool's control: %s; stop it first "
+                        "(`stop %s` sweeps it)"
+                        % (s["name"], describe_pids(table, [p.pid for p in running]), name)
+                    ),
+                )
+            if s.get("port"):
+                holders = procs.listening_pids(s["port"])
+                if holders or procs.port_listening(s["port"]):
+                    return self._result(
+                        spec,
+                        "failed",
+                        detail=(
+                            "port %d (%s) is already held by %s, which is not %s; find it with "
+                            "`lsof -i :%d` or `ss -ltnp 'sport = :%d'`"
+                            % (
+                                s["port"],
+                                s["name"],
+                                describe_pids(table, holders),
+                                s["name"],
+                                s["port"],
+                                s["port"],
+                            )
+                        ),
+                    )
+
+        env = dict(os.environ)
+        for k in list(env):
+            if k.startswith("OPS_AGENT"):
+                del env[k]
+        env.update(spec.get("env") or {})
+        if spec.get("env_file"):
+            extra, err = self.secrets.env_file(spec["env_file"])
+            if err:
+                return self._result(spec, "failed", detail=err)
+            env.update(extra)
+        cwd = expand(spec.get("cwd") or self.checkout, self.checkout)
+        if not os.path.isdir(cwd):
+            return self._result(
+                spec,
+                "failed",
+                detail=("working directory %s does not exist on the host; deploy the code first" % cwd),
+            )
+        log_path = self._log_path(spec)
+        os.makedirs(os.path.dirname(log_path), exist_ok=True)
+        watches = {name: LogWatch(log_path)}
+        for c in children:
+            if c.get("ready", {}).get("log"):
+                watches[c["name"]] = LogWatch(self._log_path(c))
+        offset = watches[name].offset
+        try:
+            argv = shlex.split(spec["cmd"])
+        except ValueError as exc:
+            return self._result(spec, "failed", detail="cannot parse cmd: %s" % exc)
+        logfd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        try:
+            if watches[name].inode is None:
+                watches[name].inode = os.fstat(logfd).st_ino
+            try:
+                proc = subprocess.Popen(
+                    argv,
+                    cwd=cwd,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=logfd,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    close_fds=True,
+                )
+            except OSError as exc:
+                return self._result(
+                    spec, "failed", detail="cannot run %s: %s" % (argv[0], exc.strerror or exc)
+                )
+        finally:
+            os.close(logfd)
+        self.spawned[proc.pid] = proc
+        ident = procs.identity(proc.pid) or {"pid": proc.pid, "starttime": None, "boot_id": None}
+        self.store.save(
+            name,
+            {
+                "name": name,
+                "pid": proc.pid,
+                "starttime": ident["starttime"],
+                "boot_id": ident["boot_id"],
+                "pgid": proc.pid,
+                "started_at": t_start,
+                "cmd": spec["cmd"],
+                "log": log_path,
+                "log_offset": offset,
+                "log_inode": watches[name].inode,
+                "stopped": False,
+            },
+        )
+        self.emit({"event": "progress", "service": name, "message": "spawned pid %d" % proc.pid})
+
+        gates = self._gate_list(spec, children, proc.pid, t_start, watches)
+        deadline = m_start + max([spec["ready"]["timeout"]] + [c["ready"]["timeout"] for c in children])
+        passed = []
+        while True:
+            rc = proc.poll()
+            if rc is not None:
+                self.spawned.pop(proc.pid, None)
+                pending = gates[0]["name"] if gates else "process"
+                return self._failed_start(
+                    spec,
+                    children,
+                    proc,
+                    t_start,
+                    offset,
+                    passed,
+                    pending,
+                    "the process exited with code %d before %s passed" % (rc, pending),
+                    exit_code=rc,
+                )
+            table = self._snapshot()
+            for g in list(gates):
+                ok, detail = g["check"](table)
+                g["detail"] = detail
+                if ok:
+                    gates.remove(g)
+                    passed.append(
+                        {
+                            "name": g["name"],
+                            "ok": True,
+                            "detail": detail,
+                            "elapsed": round(self.clock() - m_start, 3),
+                        }
+                    )
+            if not gates:
+                return self._result(
+                    spec,
+                    "started",
+                    pid=proc.pid,
+                    gates=passed,
+                    elapsed=round(self.clock() - m_start, 3),
+                    detail="started pid %d" % proc.pid,
+                )
+            if self.clock() >= deadline:
+                g = gates[0]
+                return self._failed_start(
+                    spec,
+                    children,
+                    proc,
+                    t_start,
+                    offset,
+                    passed,
+                    g["name"],
+                    "timed out after %.1fs: %s" % (self.clock() - m_start, g["detail"]),
+                )
+            self.sleep(POLL)
+
+    def _gate_list(self, spec, children, pid, t_start, watches):
+        gates = []
+
+        def log_gate(watch, pattern):
+            rx = re.compile(pattern)
+            seen = {"last": None}
+
+            def check(_table):
+                for line in watch.new_lines():
+                    seen["last"] = line
+                    if rx.search(line):
+                        return True, "log line matched: %s" % self.secrets.redact(line.strip())[:120]
+                last = seen["last"]
+                return False, "no line matching /%s/ written to %s since this start%s" % (
+                    pattern,
+                    watch.path,
+                    " (last: %s)" % self.secrets.redact(last.strip())[:100] if last else "",
+                )
+
+            return check
+
+        def port_check(port):
+            def check(table):
+                return port_gate(table, port, tree_pids(table, pid, since_epoch=t_start))
+
+            return check
+
+        def health_check(health):
+            def check(_table):
+                ok, detail, _ = http_check(health, self.secrets, timeout=1.0)
+                return ok, self.secrets.redact(detail)
+
+            return check
+
+        def under_parent(pattern):
+            def check(table):
+                ok, detail, _ = child_gate(table, pid, pattern, since_epoch=t_start)
+                return ok, detail
+
+            return check
+
+        for s in [spec] + list(children):
+            prefix = "" if s is spec else s["name"] + ": "
+            ready = s.get("ready") or {}
+            if s is not spec:
+                gates.append({"name": prefix + "child", "check": under_parent(s["match"])})
+            if ready.get("log"):
+                gates.append({"name": prefix + "log", "check": log_gate(watches[s["name"]], ready["log"])})
+            if ready.get("port") and s.get("port"):
+                gates.append({"name": prefix + "port", "check": port_check(s["port"])})
+            if ready.get("health") and s.get("health"):
+                gates.append({"name": prefix + "health", "check": health_check(s["health"])})
+        return gates
+
+    def _instant_gates(self, spec, children, pid, table):
+        """The checks that need no waiting, for a service that is already running."""
+        out = []
+        for s in [spec] + list(children):
+            prefix = "" if s is spec else s["name"] + ": "
+            if s is not spec:
+                ok, detail, _ = child_gate(table, pid, s["match"])
+                out.append({"name": prefix + "child", "ok": ok, "detail": detail})
+            if s.get("port") and (s.get("ready") or {}).get("port"):
+                ok, detail = port_gate(table, s["port"], tree_pids(table, pid))
+                out.append({"name": prefix + "port", "ok": ok, "detail": detail})
+            if s.get("health"):
+                ok, detail, _ = http_check(s["health"], self.secrets)
+                out.append({"name": prefix + "health", "ok": ok, "detail": self.secrets.redact(detail)})
+        return out
+
+    def _failed_start(self, spec, children, proc, t_start, offset, passed, gate, detail, exit_code=None):
+        """Leave nothing half-started: kill the group, its tree and anything it spawned."""
+        table = self._snapshot()
+        cleanup = self._terminate(
+            table, proc.pid, proc.pid, spec, children, since=t_start, timeout=min(spec["stop_timeout"], 5.0)
+        )
+        self._reap()
+        if exit_code is None and proc.poll() is not None:
+            exit_code = proc.returncode
+        self.store.mark(
+            spec["name"], stopped=True, last_start="failed", stopped_at=time.time(), exit_code=exit_code
+        )
+        return self._result(
+            spec,
+            "failed",
+            pid=proc.pid,
+            gates=passed + [{"name": gate, "ok": False, "detail": detail}],
+            failed_gate=gate,
+            detail=detail,
+            exit_code=exit_code,
+            log_tail=self._tail(spec, since=offset),
+            cleanup=cleanup,
+        )
+
+    # --- stop ------------------------------------------------------------------------------
+
+    def stop(self, specs, all_specs):
+        results = []
+        for spec in specs:
+            if spec.get("supervised_by"):
+                r = self._verify_child_stopped(spec, all_specs)
+            else:
+                r = self.stop_one(spec, [all_specs[c] for c in spec.get("children") or []])
+            self.emit({"event": "service", "phase": "stop", "result": r})
+            results.append(r)
+        return {"ok": all(r["outcome"] != "failed" for r in results), "services": results}
+
+    def _verify_child_stopped(self, spec, all_specs):
+        sup = all_specs[spec["supervised_by"]]
+        sup_pid, _ = self.live_pid(sup)
+        table = self._snapshot()
+        if sup_pid is not None:
+            return {
+                "name": spec["name"],
+                "outcome": "failed",
+                "detail": (
+                    "it is run by %s (pid %d), which would restart it; stop %s instead"
+                    % (sup["name"], sup_pid, sup["name"])
+                ),
+            }
+        left = self._pgrep(table, spec["match"])
+        if left:
+            # the supervisor is gone: these are orphans; sweep them like the supervisor's stop does
+            swept = self._sweep(spec, [])
+            return dict(swept, name=spec["name"])
+        port_left = procs.listening_pids(spec["port"]) if spec.get("port") else set()
+        if port_left:
+            return {
+                "name": spec["name"],
+                "outcome": "failed",
+                "detail": "port %d still held by %s" % (spec["port"], describe_pids(table, port_left)),
+            }
+        return {"name": spec["name"], "outcome": "stopped", "detail": "stopped with %s" % sup["name"]}
+
+    def stop_one(self, spec, children):
+        name = spec["name"]
+        state = self.store.load(name)
+        pid, note = self.live_pid(spec, state)
+        signalled, escalated = [], False
+        table = self._snapshot()
+        if pid is not None:
+            term = self._terminate(
+                table,
+                pid,
+                state.get("pgid") or pid,
+                spec,
+                children,
+                timeout=spec["stop_timeout"],
+                signame=spec.get("stop_signal", "TERM"),
+            )
+            signalled, escalated = term["signalled"], term["escalated"]
+            if term["alive"]:
+                return {
+                    "name": name,
+                    "outcome": "failed",
+                    "pid": pid,
+                    "signalled": signalled,
+                    "escalated": True,
+                    "detail": "still alive after SIGKILL: %s"
+                    % describe_pids(self._snapshot(), term["alive"]),
+                }
+        elif note:
+            self.store.mark(name, stale=True, stale_note=note)
+        swept = self._sweep(spec, children)
+        if swept["outcome"] == "failed":
+            return dict(swept, signalled=signalled, escalated=escalated, pid=pid)
+        self.store.mark(name, stopped=True, stopped_at=time.time(), stopped_by="user")
+        if pid is None and not swept["orphans"]:
+            detail = "was not running" + ("; " + note + " (not signalled)" if note else "")
+            outcome = "not-running"
+        else:
+            detail = (
+                "stopped"
+                + (" pid %d" % pid if pid else "")
+                + (" (escalated to SIGKILL)" if escalated else "")
+            )
+            if swept["orphans"]:
+                detail += "; killed %d orphan(s): %s" % (
+                    len(swept["orphans"]),
+                    ", ".join("%d" % o["pid"] for o in swept["orphans"]),
+                )
+            outcome = "stopped"
+        return {
+            "name": name,
+            "outcome": outcome,
+            "pid": pid,
+            "signalled": signalled,
+            "escalated": escalated,
+            "orphans": swept["orphans"],
+            "detail": detail,
+            "note": note,
+        }
+
+    def _terminate(self, table, pid, pgid, spec, children, timeout, signame="TERM", since=None):
+        """Signal the group and the tree, wait, escalate to KILL. Returns what happened."""
+        targets = {}
+        for p in table.values():
+            if p.alive and (p.pgid == pgid or p.pid == pid) and p.pid not in self.protected:
+                targets[p.pid] = p.starttime
+        for p in procs.descendants(table, pid):
+            if p.alive and p.pid not in self.protected:
+                targets[p.pid] = p.starttime
+        if since is not None:
+            for s in [spec] + list(children):
+                for p in self._pgrep(table, s["match"]):
+                    if p.start_epoch >= since - 1.0:
+                        targets[p.pid] = p.starttime
+        signalled = sorted(targets)
+        self._signal(pgid, targets, _signum(signame))
+        alive = self._wait_gone(targets, timeout)
+        escalated = False
+        if alive:
+            escalated = True
+            self._signal(pgid, {p: targets[p] for p in alive}, signal.SIGKILL)
+            alive = self._wait_gone({p: targets[p] for p in alive}, KILL_WAIT)
+        return {"signalled": signalled, "escalated": escalated, "alive": alive}
+
+    def _signal(self, pgid, targets, signum):
+        try:
+            os.killpg(pgid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
+        for tpid, starttime in targets.items():
+            p = procs.get(tpid)
+            if p is not None and p.starttime == starttime and p.alive:
+                try:
+                    os.kill(tpid, signum)
+                except (ProcessLookupError, PermissionError):
+                    pass
+
+    def _wait_gone(self, targets, timeout):
+        deadline = self.clock() + timeout
+        while True:
+            self._reap()
+            alive = []
+            for tpid, starttime in targets.items():
+                p = procs.get(tpid)
+                if p is not None and p.alive and p.starttime == starttime:
+                    alive.append(tpid)
+            if not alive or self.clock() >= deadline:
+                return alive
+            self.sleep(POLL)
+
+    def _sweep(self, spec, children):
+        """Kill every process matching the service's and its children's patterns; prove none is left."""
+        specs = [spec] + list(children)
+        table = self._snapshot()
+        found = {}
+        for s in specs:
+            for p in self._pgrep(table, s["match"]):
+                found[p.pid] = p
+        orphans = [{"pid": p.pid, "cmd": p.cmdline[:100]} for p in found.values()]
+        if found:
+            targets = {p.pid: p.starttime for p in found.values()}
+            for tpid in targets:
+                try:
+                    os.kill(tpid, signal.SIGTERM)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            alive = self._wait_gone(targets, spec["stop_timeout"])
+            if alive:
+                for tpid in alive:
+                    try:
+                        os.kill(tpid, signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError):
+                        pass
+                self._wait_gone({p: targets[p] for p in alive}, KILL_WAIT)
+        table = self._snapshot()
+        left = {}
+        for s in specs:
+            for p in self._pgrep(table, s["match"]):
+                left[p.pid] = p
+        if left:
+            return {
+                "name": spec["name"],
+                "outcome": "failed",
+                "orphans": orphans,
+                "detail": "processes still running after stop: %s" % describe_pids(table, left),
+            }
+        for s in specs:
+            if s.get("port"):
+                holders = procs.listening_pids(s["port"])
+                if holders:
+                    return {
+                        "name": spec["name"],
+                        "outcome": "failed",
+                        "orphans": orphans,
+                        "detail": "port %d is still held after stop by %s"
+                        % (s["port"], describe_pids(table, holders)),
+                    }
+        return {
+            "name": spec["name"],
+            "outcome": "stopped",
+            "orphans": orphans,
+            "detail": "swept %d orphan(s)" % len(orphans) if orphans else "nothing left",
+        }

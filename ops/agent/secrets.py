@@ -1,0 +1,68 @@
+"""Secrets are read on the host from files and never leave it.
+
+Every secret value read during a request is remembered so that any text sent back (log tails,
+error details) can be redacted before it leaves the host.
+"""
+
+from .state import expand
+
+
+def parse_env_file(text):
+    """KEY=VALUE lines (optional `export `, quotes, # comments) -> dict. Bad lines are skipped."""
+    env = {}
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line[len("export ") :].lstrip()
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        if not sep or not key.replace("_", "a").isalnum() or key[0].isdigit():
+            continue
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        env[key] = value
+    return env
+
+
+class Secrets:
+    """Reads secret files (relative paths are taken under `base`, the checkout) and remembers
+    their values for redaction."""
+
+    def __init__(self, base=None):
+        self.base = base
+        self.values = set()
+
+    def read_file(self, path):
+        """The stripped content of a secret file on the host, or None if unreadable."""
+        try:
+            with open(expand(path, self.base)) as f:
+                value = f.read().strip()
+        except OSError:
+            return None
+        if value:
+            self.values.add(value)
+        return value
+
+    def env_file(self, path):
+        """(env dict, error or None)."""
+        p = expand(path, self.base)
+        try:
+            with open(p) as f:
+                env = parse_env_file(f.read())
+        except OSError as exc:
+            return {}, "cannot read env_file %s: %s" % (p, exc.strerror or exc)
+        for v in env.values():
+            if len(v) >= 4:
+                self.values.add(v)
+        return env, None
+
+    def redact(self, text):
+        if not isinstance(text, str):
+            return text
+        for v in sorted(self.values, key=len, reverse=True):
+            if v and v in text:
+                text = text.replace(v, "***")
+        return text

@@ -1,0 +1,211 @@
+"""The agent's main loop: JSON-line requests on stdin, JSON-line events on stdout.
+
+Request:  {"id": 1, "op": "status", "args": {...}}
+Events:   {"id": 1, "event": "progress", ...}  (any number)
+          {"id": 1, "event": "result", "data": {...}}  or  {"id": 1, "event": "error", ...}
+On start the agent says {"event": "hello", ...}. It serves requests one at a time until stdin
+closes. Work already handed to it finishes even if the client goes away (writes then fail
+quietly), so a dropped connection never leaves a phase half-done.
+"""
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+import traceback
+
+from . import procs
+from .gates import tail_lines
+from .lifecycle import Lifecycle
+from .state import expand
+
+VERSION = os.environ.get("OPS_AGENT_VERSION", "dev")
+
+
+class Channel:
+    def __init__(self, out):
+        self.out = out
+        self.broken = False
+
+    def send(self, obj):
+        if self.broken:
+            return
+        try:
+            self.out.write(json.dumps(obj, separators=(",", ":")) + "\n")
+            self.out.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            self.broken = True
+
+
+def _specs(args):
+    specs = args.get("services") or []
+    all_specs = {s["name"]: s for s in (args.get("all_services") or specs)}
+    return specs, all_specs
+
+
+def op_ping(args, emit):
+    return {"pong": True, "time": time.time()}
+
+
+def op_status(args, emit):
+    specs, all_specs = _specs(args)
+    lc = Lifecycle(args["host"], emit)
+    return {
+        "services": lc.status(specs, all_specs, health=args.get("health", True)),
+        "boot_id": procs.boot_id(),
+        "time": time.time(),
+    }
+
+
+def op_start(args, emit):
+    specs, all_specs = _specs(args)
+    return Lifecycle(args["host"], emit).start(specs, all_specs)
+
+
+def op_stop(args, emit):
+    specs, all_specs = _specs(args)
+    return Lifecycle(args["host"], emit).stop(specs, all_specs)
+
+
+def op_logs(args, emit):
+    path = expand(args["path"], expand(args.get("base") or "~"))
+    lines = tail_lines(path, int(args.get("lines", 50)))
+    return {"path": path, "lines": lines, "exists": os.path.exists(path)}
+
+
+def op_follow(args, emit):
+    """Stream new lines of a log until stdin closes (the client's Ctrl-C) or `seconds` pass."""
+    from .gates import LogWatch
+
+    path = expand(args["path"], expand(args.get("base") or "~"))
+    watch = LogWatch(path)
+    deadline = time.monotonic() + float(args["seconds"]) if args.get("seconds") else None
+    while deadline is None or time.monotonic() < deadline:
+        for line in watch.new_lines():
+            emit({"event": "line", "line": line})
+        r, _, _ = select.select([sys.stdin], [], [], 0.1)
+        if r:
+            return {"path": path, "ended": "client"}
+    return {"path": path, "ended": "timeout"}
+
+
+def op_exec(args, emit):
+    """Run a command on the host (argv list, or a string run by sh). Bounded by a timeout."""
+    cmd = args["cmd"]
+    cwd = expand(args["cwd"]) if args.get("cwd") else None
+    env = dict(os.environ)
+    env.update(args.get("env") or {})
+    timeout = float(args.get("timeout") or 300)
+    t = time.monotonic()
+    try:
+        p = subprocess.Popen(
+            cmd,
+            shell=isinstance(cmd, str),
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.PIPE if args.get("stdin") else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        return {"exit_code": 127, "stdout": "", "stderr": str(exc), "duration": 0.0, "timed_out": False}
+    try:
+        out, err = p.communicate(input=(args.get("stdin") or "").encode() or None, timeout=timeout)
+        timed_out = False
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        out, err = p.communicate()
+        timed_out = True
+    return {
+        "exit_code": p.returncode,
+        "stdout": out.decode("utf-8", "replace"),
+        "stderr": err.decode("utf-8", "replace"),
+        "timed_out": timed_out,
+        "duration": round(time.monotonic() - t, 3),
+    }
+
+
+OPS = {
+    "ping": op_ping,
+    "status": op_status,
+    "start": op_start,
+    "stop": op_stop,
+    "logs": op_logs,
+    "follow": op_follow,
+    "exec": op_exec,
+}
+
+
+def register(name, fn):
+    OPS[name] = fn
+
+
+def serve(inp=None, out=None):
+    inp = inp or sys.stdin
+    chan = Channel(out or sys.stdout)
+    # The SSH session may go away mid-phase: finish the work, then exit at EOF.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    chan.send(
+        {
+            "event": "hello",
+            "version": VERSION,
+            "pid": os.getpid(),
+            "python": "%d.%d.%d" % sys.version_info[:3],
+            "boot_id": procs.boot_id(),
+            "platform": sys.platform,
+            "home": os.path.expanduser("~"),
+        }
+    )
+    while True:
+        line = inp.readline()
+        if not line:
+            return 0
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            req = json.loads(line)
+            rid = req.get("id")
+        except ValueError:
+            chan.send({"event": "error", "type": "protocol", "message": "bad JSON request"})
+            continue
+        fn = OPS.get(req.get("op"))
+        if fn is None:
+            chan.send(
+                {"id": rid, "event": "error", "type": "protocol", "message": "unknown op %r" % req.get("op")}
+            )
+            continue
+
+        def emit(event, rid=rid):
+            event = dict(event)
+            event["id"] = rid
+            chan.send(event)
+
+        try:
+            data = fn(req.get("args") or {}, emit)
+            chan.send({"id": rid, "event": "result", "data": data})
+        except Exception as exc:  # report, keep serving
+            chan.send(
+                {
+                    "id": rid,
+                    "event": "error",
+                    "type": type(exc).__name__,
+                    "message": str(exc),
+                    "trace": traceback.format_exc(limit=5),
+                }
+            )
+
+
+def main(version=None):
+    global VERSION
+    if version:
+        VERSION = version
+    sys.exit(serve())

@@ -1,0 +1,68 @@
+"""State files on the host: one JSON file per service, written atomically.
+
+A state file records the identity of what the tool started (pid, start time, boot id, process
+group), where its log was when it started, and whether the user stopped it on purpose.
+"""
+
+import json
+import os
+import tempfile
+import time
+
+
+def expand(path, base=None):
+    """~ and $VARS expanded on the host; a relative path is taken under base (or $HOME)."""
+    p = os.path.expandvars(os.path.expanduser(path))
+    if not os.path.isabs(p):
+        p = os.path.join(base or os.path.expanduser("~"), p)
+    return os.path.normpath(p)
+
+
+def write_json_atomic(path, data):
+    d = os.path.dirname(path)
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=d)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        return {"corrupt": True}
+
+
+class StateStore:
+    def __init__(self, state_dir):
+        self.root = expand(state_dir)
+
+    def service_path(self, name):
+        return os.path.join(self.root, "services", name + ".json")
+
+    def load(self, name):
+        return read_json(self.service_path(name))
+
+    def save(self, name, data):
+        data = dict(data)
+        data["updated_at"] = time.time()
+        write_json_atomic(self.service_path(name), data)
+        return data
+
+    def mark(self, name, **fields):
+        data = self.load(name) or {"name": name}
+        data.update(fields)
+        return self.save(name, data)

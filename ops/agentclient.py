@@ -1,0 +1,125 @@
+"""The client side of the agent protocol: start it on a host (shipping it if needed), call ops."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ops import agentpkg
+from ops.errors import AgentError, TransportError
+from ops.transport import Channel
+
+EventHandler = Callable[[dict[str, Any]], None]
+
+
+class AgentSession:
+    """One agent process on one host, fed requests as JSON lines for the whole task."""
+
+    def __init__(self, transport: Any, python: str, host_name: str, timeout: float) -> None:
+        self.transport = transport
+        self.python = python
+        self.host_name = host_name
+        self.timeout = timeout
+        self.channel: Channel | None = None
+        self.hello: dict[str, Any] = {}
+        self._next_id = 0
+        self.shipped = False
+
+    def start(self) -> dict[str, Any]:
+        b = agentpkg.bundle()
+        for _ in range(2):
+            ch = self.transport.channel(agentpkg.run_command(self.python, b))
+            line = ch.read_line(time.monotonic() + self.timeout)
+            if line is None:
+                code = ch.exit_status(2.0)
+                err = ch.stderr_text().strip()
+                ch.close()
+                raise AgentError(
+                    f"{self.host_name}: the agent did not start (exit {code}): {err or 'no output'}",
+                    f"the host needs python3 >= 3.8 as `{self.python}` (set python = ... in hosts.toml)",
+                )
+            event = self._decode(line)
+            if event.get("event") == "need-agent":
+                ch.close()
+                self._install(b)
+                continue
+            if event.get("event") != "hello":
+                ch.close()
+                raise AgentError(f"{self.host_name}: unexpected first line from the agent: {line!r}")
+            self.channel = ch
+            self.hello = event
+            return event
+        raise AgentError(f"{self.host_name}: the agent could not be installed")
+
+    def _install(self, b: agentpkg.AgentBundle) -> None:
+        ch = self.transport.channel(agentpkg.install_command(b))
+        ch.send(b.data)
+        ch.shutdown_write()
+        code = ch.exit_status(self.timeout)
+        err = ch.stderr_text().strip()
+        ch.close()
+        if code != 0:
+            raise AgentError(
+                f"{self.host_name}: shipping the agent failed (exit {code}): {err}",
+                "check the host's disk space and that $HOME/.cache is writable",
+            )
+        self.shipped = True
+
+    def _decode(self, line: bytes) -> dict[str, Any]:
+        try:
+            event = json.loads(line)
+        except ValueError:
+            raise AgentError(
+                f"{self.host_name}: the agent said something that is not JSON: {line[:200]!r}",
+                "something in the remote shell start-up prints to stdout; silence it for "
+                "non-interactive shells",
+            ) from None
+        if not isinstance(event, dict):
+            raise AgentError(f"{self.host_name}: bad agent event {line[:200]!r}")
+        return event
+
+    def call(
+        self,
+        op: str,
+        args: dict[str, Any] | None = None,
+        on_event: EventHandler | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """One request, one round trip (plus streamed events). Returns the result's data."""
+        if self.channel is None:
+            self.start()
+        assert self.channel is not None
+        self._next_id += 1
+        rid = self._next_id
+        req = json.dumps({"id": rid, "op": op, "args": args or {}}, separators=(",", ":"))
+        self.channel.send(req.encode() + b"\n")
+        deadline = time.monotonic() + (timeout if timeout is not None else self.timeout)
+        while True:
+            line = self.channel.read_line(deadline)
+            if line is None:
+                err = self.channel.stderr_text().strip()
+                raise TransportError(
+                    self.host_name, f"the agent ended during '{op}'" + (f": {err}" if err else "")
+                )
+            event = self._decode(line)
+            if event.get("id") != rid:
+                continue
+            kind = event.get("event")
+            if kind == "result":
+                return event.get("data")
+            if kind == "error":
+                raise AgentError(
+                    f"{self.host_name}: agent op '{op}' failed: {event.get('type')}: {event.get('message')}",
+                    "this is a bug in the agent; the trace is in --json output",
+                )
+            if on_event is not None:
+                on_event(event)
+
+    def close(self) -> None:
+        if self.channel is not None:
+            self.channel.shutdown_write()
+            self.channel.exit_status(5.0)
+            self.channel.close()
+            self.channel = None

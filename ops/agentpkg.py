@@ -1,0 +1,72 @@
+"""Builds the on-host agent as one zipapp, named by the hash of its content.
+
+The zip holds ``ops/agent/*.py`` (stdlib-only) and a ``__main__.py``; it is shipped once per version
+to ``$XDG_CACHE_HOME/ops-agent/agent-<hash>.pyz`` on each host and run with the host's python3.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import shlex
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+AGENT_DIR = Path(__file__).parent / "agent"
+_EPOCH = (1980, 1, 1, 0, 0, 0)
+MAIN = "from ops.agent import server\nserver.main(version={version!r})\n"
+REMOTE_DIR = '"${XDG_CACHE_HOME:-$HOME/.cache}/ops-agent"'
+
+
+@dataclass(frozen=True)
+class AgentBundle:
+    version: str
+    data: bytes
+
+    @property
+    def filename(self) -> str:
+        return f"agent-{self.version}.pyz"
+
+
+def _sources() -> list[tuple[str, bytes]]:
+    files = [("ops/__init__.py", b"")]
+    for p in sorted(AGENT_DIR.glob("*.py")):
+        files.append((f"ops/agent/{p.name}", p.read_bytes()))
+    return files
+
+
+@functools.cache
+def bundle() -> AgentBundle:
+    sources = _sources()
+    h = hashlib.sha256()
+    for name, data in sources:
+        h.update(name.encode() + b"\0" + data + b"\0")
+    version = h.hexdigest()[:16]
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in [*sources, ("__main__.py", MAIN.format(version=version).encode())]:
+            info = zipfile.ZipInfo(name, date_time=_EPOCH)
+            info.external_attr = 0o644 << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, data)
+    return AgentBundle(version=version, data=buf.getvalue())
+
+
+NEED_AGENT = '{"event":"need-agent"}'
+
+
+def run_command(python: str, b: AgentBundle) -> str:
+    """The one shell command that starts the agent, or says it must be shipped first."""
+    f = f"{REMOTE_DIR}/{b.filename}"
+    return f'f={f}; if [ -f "$f" ]; then exec {shlex.quote(python)} "$f"; else echo \'{NEED_AGENT}\'; fi'
+
+
+def install_command(b: AgentBundle) -> str:
+    """Reads the zipapp on stdin and installs it atomically (tmp file + rename)."""
+    d = REMOTE_DIR
+    return (
+        f'd={d}; mkdir -p "$d" && chmod 700 "$d" && t="$d/.tmp.$$" && cat > "$t" && '
+        f'mv -f "$t" "$d/{b.filename}"'
+    )

@@ -1,0 +1,123 @@
+"""Service control as library calls: status, start, stop, restart, logs.
+
+Each phase on a host is one agent call (one round trip), whatever the number of services.
+Ordering is decided here from the inventory (pure functions); the agent executes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ops.inventory import Host, Service
+from ops.session import HostSession
+
+KILL_WAIT = 5.0
+MARGIN = 30.0
+
+
+def with_children(host: Host, names: list[str] | tuple[str, ...] | None) -> list[Service]:
+    """The selected services plus the children they supervise, in start order."""
+    if not names:
+        return list(host.services)
+    from ops.inventory import select_services
+
+    chosen = {s.name for s in select_services(host, names)}
+    grew = True
+    while grew:
+        grew = False
+        for s in host.services:
+            if s.supervised_by in chosen and s.name not in chosen:
+                chosen.add(s.name)
+                grew = True
+    return [s for s in host.services if s.name in chosen]
+
+
+def stop_order(services: list[Service]) -> list[Service]:
+    """Reverse start order, except that a supervisor goes before its children (so it cannot
+    respawn them while they are being stopped)."""
+    names = {s.name for s in services}
+    tops = [s for s in reversed(services) if not (s.supervised_by and s.supervised_by in names)]
+    out: list[Service] = []
+
+    def place(s: Service) -> None:
+        out.append(s)
+        for c in services:
+            if c.supervised_by == s.name:
+                place(c)
+
+    for s in tops:
+        place(s)
+    return out
+
+
+def start_timeout(services: list[Service]) -> float:
+    return sum(s.ready.timeout + min(s.stop_timeout, 5.0) + KILL_WAIT for s in services) + MARGIN
+
+
+def stop_timeout(services: list[Service]) -> float:
+    return sum(2 * (s.stop_timeout + KILL_WAIT) for s in services) + MARGIN
+
+
+@dataclass
+class PhaseResult:
+    """What one phase did on one host: per-service results from the agent."""
+
+    host: str
+    phase: str
+    ok: bool
+    services: list[dict[str, Any]] = field(default_factory=list)
+
+
+def status(session: HostSession, names: list[str] | None = None, health: bool = True):
+    services = with_children(session.host, names)
+    args = session.service_args(services)
+    args["health"] = health
+    return session.call("status", args)["services"]
+
+
+def start(session: HostSession, names: list[str] | None = None, on_event=None) -> PhaseResult:
+    services = with_children(session.host, names)
+    data = session.call(
+        "start", session.service_args(services), on_event=on_event, timeout=start_timeout(services)
+    )
+    return PhaseResult(session.host.name, "start", data["ok"], data["services"])
+
+
+def stop(session: HostSession, names: list[str] | None = None, on_event=None) -> PhaseResult:
+    services = stop_order(with_children(session.host, names))
+    data = session.call(
+        "stop", session.service_args(services), on_event=on_event, timeout=stop_timeout(services)
+    )
+    return PhaseResult(session.host.name, "stop", data["ok"], data["services"])
+
+
+def restart(session: HostSession, names: list[str] | None = None, on_event=None) -> PhaseResult:
+    stopped = stop(session, names, on_event)
+    if not stopped.ok:
+        return PhaseResult(session.host.name, "restart", False, stopped.services)
+    started = start(session, names, on_event)
+    return PhaseResult(
+        session.host.name,
+        "restart",
+        started.ok,
+        [dict(r, phase="stop") for r in stopped.services]
+        + [dict(r, phase="start") for r in started.services],
+    )
+
+
+def logs(session: HostSession, service: Service, lines: int) -> dict[str, Any]:
+    return session.call("logs", {"path": service.log, "base": session.host.path, "lines": lines})
+
+
+def follow(session: HostSession, service: Service, on_line, seconds: float | None = None):
+    def handler(event: dict[str, Any]) -> None:
+        if event.get("event") == "line":
+            on_line(event["line"])
+
+    return session.call(
+        "follow",
+        {"path": service.log, "base": session.host.path, "seconds": seconds},
+        on_event=handler,
+        timeout=(seconds + MARGIN) if seconds else 10 * 365 * 86400.0,
+    )

@@ -1,0 +1,304 @@
+"""The only module that renders. Rich tables on a terminal, plain lines when piped, JSON on demand.
+
+rich is imported lazily, only when a terminal is rendered, so piping and `--json` stay light.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from ops.errors import OpsError
+
+STATE_STYLE = {
+    "running": "green",
+    "stopped": "dim",
+    "dead": "red",
+    "unknown": "yellow",
+    "unreachable": "red",
+    "started": "green",
+    "already-running": "green",
+    "supervised": "green",
+    "not-running": "dim",
+    "failed": "bold red",
+    "skipped": "yellow",
+    "ok": "green",
+}
+
+
+def choose_format(as_json: bool = False, stream: TextIO | None = None) -> str:
+    if as_json:
+        return "json"
+    stream = stream or sys.stdout
+    return "rich" if stream.isatty() else "plain"
+
+
+def _uptime(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+    return f"{s // 86400}d{(s % 86400) // 3600:02d}h"
+
+
+class Reporter:
+    def __init__(self, fmt: str = "plain", out: TextIO | None = None, err: TextIO | None = None):
+        self.fmt = fmt
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
+        self._console = None
+
+    # --- primitives ----------------------------------------------------------------------
+
+    @property
+    def console(self):
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(file=self.out, highlight=False)
+        return self._console
+
+    def _table(
+        self,
+        title: str | None,
+        columns: Sequence[str],
+        rows: list[list[str]],
+        styles: list[str | None] | None = None,
+    ) -> None:
+        if self.fmt == "rich":
+            from rich.table import Table
+
+            t = Table(title=title, title_justify="left", show_lines=False)
+            for c in columns:
+                t.add_column(c, overflow="fold")
+            for i, r in enumerate(rows):
+                t.add_row(*r, style=(styles[i] if styles else None))
+            self.console.print(t)
+            return
+        if title:
+            print(title, file=self.out)
+        widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(columns)]
+        widths[-1] = 0  # the last column is free-form
+        print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip(), file=self.out)
+        for r in rows:
+            print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip(), file=self.out)
+
+    def line(self, text: str, style: str | None = None) -> None:
+        if self.fmt == "rich":
+            self.console.print(text, style=style, markup=False)
+        elif self.fmt == "plain":
+            print(text, file=self.out, flush=True)
+
+    def json(self, data: Any) -> None:
+        print(json.dumps(data, indent=2, sort_keys=True, default=str), file=self.out)
+
+    def error(self, exc: OpsError) -> None:
+        print(f"error: {exc.render()}", file=self.err)
+
+    # --- inventory -----------------------------------------------------------------------
+
+    def hosts(self, inv) -> None:
+        if self.fmt == "json":
+            self.json(
+                {
+                    "inventory": inv.path,
+                    "hosts": [
+                        {
+                            "name": h.name,
+                            "transport": "local" if h.local else "ssh",
+                            "ssh": h.ssh,
+                            "path": h.path,
+                            "source": h.source,
+                            "state_dir": h.state_dir,
+                            "services": [s.to_agent() for s in h.services],
+                        }
+                        for h in inv.hosts.values()
+                    ],
+                    "groups": {k: list(v) for k, v in inv.groups.items()},
+                }
+            )
+            return
+        rows = []
+        for h in inv.hosts.values():
+            for i, s in enumerate(h.services or [None]):
+                first = i == 0
+                if s is None:
+                    rows.append([h.name, "local" if h.local else h.ssh or "", h.path, "-", "", ""])
+                    continue
+                role = f"child of {s.supervised_by}" if s.supervised_by else (s.cmd or "")
+                gates = [
+                    g
+                    for g, on in (("log", s.ready.log), ("port", s.ready.port), ("health", s.ready.health))
+                    if on
+                ]
+                rows.append(
+                    [
+                        h.name if first else "",
+                        ("local" if h.local else h.ssh or "") if first else "",
+                        h.path if first else "",
+                        s.name,
+                        str(s.port or "-"),
+                        f"{role}  [gates: {', '.join(gates) or 'none'}]",
+                    ]
+                )
+        self._table(
+            f"{inv.path}: {len(inv.hosts)} host(s), valid",
+            ["host", "via", "path", "service", "port", "what"],
+            rows,
+        )
+        for g, members in inv.groups.items():
+            self.line(f"group {g}: {', '.join(members)}")
+
+    # --- status --------------------------------------------------------------------------
+
+    def status(self, outcomes) -> None:
+        if self.fmt == "json":
+            self.json(
+                {
+                    "hosts": [
+                        {
+                            "host": o.host,
+                            "reachable": o.ok,
+                            "error": o.error.message if o.error else None,
+                            "services": o.value or [],
+                        }
+                        for o in outcomes
+                    ]
+                }
+            )
+            return
+        rows, styles = [], []
+        for o in outcomes:
+            if not o.ok:
+                rows.append([o.host, "-", "unreachable", "-", "-", "-", "-", o.error.message])
+                styles.append("red")
+                continue
+            for s in o.value:
+                port = "-"
+                if s["port"]:
+                    holders = s["port_holders"]
+                    if s["port_ok"]:
+                        port = f"{s['port']} (own)"
+                    elif holders:
+                        port = f"{s['port']} (held by pid {holders[0]['pid']}!)"
+                    else:
+                        port = f"{s['port']} (free)"
+                h = s.get("health")
+                health = "-" if h is None else ("ok" if h["ok"] else "FAIL")
+                detail = s.get("detail") or ""
+                if h is not None and not h["ok"]:
+                    detail = (detail + "; " if detail else "") + h["detail"]
+                elif s.get("supervised_by"):
+                    detail = detail or f"child of {s['supervised_by']}"
+                rows.append(
+                    [
+                        o.host,
+                        s["name"],
+                        s["state"],
+                        str(s["pid"] or "-"),
+                        _uptime(s["uptime"]),
+                        port,
+                        health,
+                        detail,
+                    ]
+                )
+                styles.append(STATE_STYLE.get(s["state"]))
+        self._table(
+            None,
+            ["host", "service", "state", "pid", "uptime", "port", "health", "detail"],
+            rows,
+            styles if self.fmt == "rich" else None,
+        )
+
+    # --- phases (start / stop / restart) --------------------------------------------------
+
+    def service_event(self, host: str, result: dict[str, Any], phase: str) -> None:
+        """Live progress: one line as each service finishes (not for JSON)."""
+        if self.fmt == "json":
+            return
+        outcome = result["outcome"]
+        pid = f" pid {result['pid']}" if result.get("pid") else ""
+        took = f" in {result['elapsed']:.2f}s" if result.get("elapsed") is not None else ""
+        self.line(
+            f"{host}: {phase} {result['name']}: {outcome}{pid}{took} - {result.get('detail', '')}",
+            STATE_STYLE.get(outcome),
+        )
+
+    def phase(self, phase: str, outcomes) -> None:
+        if self.fmt == "json":
+            self.json(
+                {
+                    "phase": phase,
+                    "ok": all(o.ok and o.value.ok for o in outcomes),
+                    "hosts": [
+                        {
+                            "host": o.host,
+                            "ok": bool(o.ok and o.value.ok),
+                            "error": o.error.message if o.error else None,
+                            "services": o.value.services if o.ok else [],
+                        }
+                        for o in outcomes
+                    ],
+                }
+            )
+            return
+        rows, styles = [], []
+        for o in outcomes:
+            if not o.ok:
+                rows.append([o.host, "-", "unreachable", "-", o.error.message])
+                styles.append("red")
+                continue
+            for r in o.value.services:
+                gates = ", ".join(
+                    f"{g['name']} {'ok' if g['ok'] else 'FAILED'}"
+                    + (f" @{g['elapsed']:.2f}s" if g.get("elapsed") is not None else "")
+                    for g in r.get("gates") or []
+                )
+                detail = r.get("detail", "") + (f" [{gates}]" if gates else "")
+                rows.append([o.host, r["name"], r["outcome"], str(r.get("pid") or "-"), detail])
+                styles.append(STATE_STYLE.get(r["outcome"]))
+        self._table(
+            None,
+            ["host", "service", "outcome", "pid", "detail"],
+            rows,
+            styles if self.fmt == "rich" else None,
+        )
+        for o in outcomes:
+            if not o.ok:
+                continue
+            for r in o.value.services:
+                if r["outcome"] == "failed" and r.get("log_tail") is not None:
+                    code = r.get("exit_code")
+                    self.line(
+                        f"{o.host}: {r['name']} failed at gate '{r.get('failed_gate')}'"
+                        + (f", exit code {code}" if code is not None else "")
+                        + f"; last {len(r['log_tail'])} log lines:",
+                        "bold red",
+                    )
+                    for ln in r["log_tail"]:
+                        self.line(f"  | {ln}")
+
+    # --- logs ----------------------------------------------------------------------------
+
+    def log_lines(self, host: str, service: str, data: dict[str, Any]) -> None:
+        if self.fmt == "json":
+            self.json({"host": host, "service": service, **data})
+            return
+        if not data["exists"]:
+            self.line(f"{host}: {service}: no log at {data['path']}")
+            return
+        for ln in data["lines"]:
+            print(ln, file=self.out)
+
+    def follow_line(self, text: str) -> None:
+        if self.fmt == "json":
+            print(json.dumps({"line": text}), file=self.out, flush=True)
+        else:
+            print(text, file=self.out, flush=True)

@@ -1,0 +1,112 @@
+"""A task's handle on one host (transport + agent), and fan-out over many hosts.
+
+Partial failure is normal: each host runs in its own thread with its own connection; an error on
+one host becomes that host's outcome and never hides the others. Outcomes are keyed by inventory
+host name (never by connection: several inventory hosts may share one machine).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from ops.agentclient import AgentSession, EventHandler
+from ops.errors import OpsError
+from ops.inventory import Host, Inventory, Service
+from ops.transport import for_host
+
+T = TypeVar("T")
+
+
+class HostSession:
+    def __init__(self, inventory: Inventory, host: Host) -> None:
+        self.inventory = inventory
+        self.host = host
+        self.transport = for_host(host, inventory)
+        self.agent = AgentSession(self.transport, host.python, host.name, host.command_timeout)
+
+    def open(self) -> HostSession:
+        self.transport.open()
+        self.agent.start()
+        return self
+
+    def close(self) -> None:
+        try:
+            self.agent.close()
+        finally:
+            self.transport.close()
+
+    def call(
+        self,
+        op: str,
+        args: dict[str, Any] | None = None,
+        on_event: EventHandler | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        return self.agent.call(op, args, on_event=on_event, timeout=timeout)
+
+    def host_args(self) -> dict[str, Any]:
+        return {"name": self.host.name, "path": self.host.path, "state_dir": self.host.state_dir}
+
+    def service_args(self, services: list[Service]) -> dict[str, Any]:
+        return {
+            "host": self.host_args(),
+            "services": [s.to_agent() for s in services],
+            "all_services": [s.to_agent() for s in self.host.services],
+        }
+
+
+@contextmanager
+def connect(inventory: Inventory, host: Host) -> Iterator[HostSession]:
+    session = HostSession(inventory, host)
+    try:
+        session.open()
+        yield session
+    finally:
+        session.close()
+
+
+@dataclass
+class HostOutcome(Generic[T]):
+    host: str
+    value: T | None = None
+    error: OpsError | None = None
+    duration: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def on_hosts(
+    inventory: Inventory,
+    hosts: list[Host],
+    fn: Callable[[HostSession], T],
+    max_workers: int | None = None,
+) -> list[HostOutcome[T]]:
+    """Run fn(session) on every host in parallel; one outcome per host, in the given order."""
+
+    def one(host: Host) -> HostOutcome[T]:
+        t = time.monotonic()
+        try:
+            with connect(inventory, host) as session:
+                value = fn(session)
+            return HostOutcome(host.name, value=value, duration=time.monotonic() - t)
+        except OpsError as exc:
+            return HostOutcome(host.name, error=exc, duration=time.monotonic() - t)
+        except Exception as exc:  # a bug must not hide the other hosts' outcomes
+            err = OpsError(
+                f"{host.name}: unexpected {type(exc).__name__}: {exc}",
+                "this is a bug in the tool; please report it",
+            )
+            return HostOutcome(host.name, error=err, duration=time.monotonic() - t)
+
+    if len(hosts) == 1:
+        return [one(hosts[0])]
+    workers = max_workers or min(32, len(hosts))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(one, hosts))

@@ -1,0 +1,181 @@
+"""Invoke tasks: thin wiring from command-line flags to library calls and the reporter.
+
+Nothing heavy is imported at module level (no fabric, paramiko or rich), so `inv --list` is fast;
+each task imports what it needs when it runs. Only tasks turn errors into exit codes.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from typing import Any
+
+from invoke import Collection, Exit, task
+
+HOST_HELP = "host name, comma list, group, or 'all' (default: the only host)"
+SERVICE_HELP = "a service name (repeatable, or comma list); default: all services of the host"
+JSON_HELP = "print JSON instead of a table"
+
+
+def _inventory(c: Any = None):
+    from ops import inventory
+
+    path = os.environ.get("OPS_INVENTORY") or "hosts.toml"
+    return inventory.load(path)
+
+
+def _names(values: list[str] | None) -> list[str]:
+    out: list[str] = []
+    for v in values or []:
+        out.extend(x.strip() for x in v.split(",") if x.strip())
+    return out
+
+
+def errors_to_exit(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """OpsError -> one clear message on stderr and its exit code; never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from ops.errors import OpsError
+        from ops.report import Reporter
+
+        try:
+            return fn(*args, **kwargs)
+        except OpsError as exc:
+            Reporter().error(exc)
+            raise Exit(code=exc.exit_code) from None
+        except KeyboardInterrupt:
+            raise Exit("interrupted", code=130) from None
+
+    return wrapper
+
+
+def _exit_for(outcomes: list[Any], ok: Callable[[Any], bool]) -> None:
+    codes = [o.error.exit_code for o in outcomes if not o.ok]
+    if codes or not all(ok(o) for o in outcomes if o.ok):
+        raise Exit(code=max(codes) if codes and all(o.ok is False for o in outcomes) else 1)
+
+
+@task(auto_shortflags=False, help={"json": JSON_HELP})
+@errors_to_exit
+def hosts(c, json=False):
+    """List hosts and services, validating the inventory."""
+    from ops.report import Reporter, choose_format
+
+    inv = _inventory(c)
+    Reporter(choose_format(json)).hosts(inv)
+
+
+@task(
+    auto_shortflags=False,
+    iterable=["service"],
+    help={
+        "host": HOST_HELP,
+        "service": SERVICE_HELP,
+        "json": JSON_HELP,
+        "no-health": "skip the HTTP health checks",
+    },
+)
+@errors_to_exit
+def status(c, host=None, service=None, json=False, no_health=False):
+    """Show each service's state, pid, uptime, port holder and health."""
+    from ops import control
+    from ops.inventory import resolve_hosts
+    from ops.report import Reporter, choose_format
+    from ops.session import on_hosts
+
+    inv = _inventory(c)
+    targets = resolve_hosts(inv, host)
+    names = _names(service)
+    outcomes = on_hosts(inv, targets, lambda s: control.status(s, names, health=not no_health))
+    Reporter(choose_format(json)).status(outcomes)
+    if any(not o.ok for o in outcomes):
+        raise Exit(code=3)
+
+
+def _phase(phase: str, host: str | None, service: list[str] | None, as_json: bool) -> None:
+    from ops import control
+    from ops.inventory import resolve_hosts
+    from ops.report import Reporter, choose_format
+    from ops.session import on_hosts
+
+    inv = _inventory()
+    targets = resolve_hosts(inv, host)
+    names = _names(service)
+    for h in targets:  # fail early on an unknown service name, before touching any host
+        control.with_children(h, names)
+    rep = Reporter(choose_format(as_json))
+
+    def run(session):
+        def on_event(event: dict[str, Any]) -> None:
+            if event.get("event") == "service":
+                rep.service_event(session.host.name, event["result"], event["phase"])
+
+        return getattr(control, phase)(session, names, on_event=on_event)
+
+    outcomes = on_hosts(inv, targets, run)
+    rep.phase(phase, outcomes)
+    _exit_for(outcomes, lambda o: o.value.ok)
+
+
+PHASE_HELP = {"host": HOST_HELP, "service": SERVICE_HELP, "json": JSON_HELP}
+
+
+@task(auto_shortflags=False, iterable=["service"], help=PHASE_HELP)
+@errors_to_exit
+def start(c, host=None, service=None, json=False):
+    """Start services in dependency order; each passes its gates or is rolled back."""
+    _phase("start", host, service, json)
+
+
+@task(auto_shortflags=False, iterable=["service"], help=PHASE_HELP)
+@errors_to_exit
+def stop(c, host=None, service=None, json=False):
+    """Stop services (supervisors first), escalate to KILL, sweep orphans, prove none left."""
+    _phase("stop", host, service, json)
+
+
+@task(auto_shortflags=False, iterable=["service"], help=PHASE_HELP)
+@errors_to_exit
+def restart(c, host=None, service=None, json=False):
+    """Stop then start services, with the same gates as start."""
+    _phase("restart", host, service, json)
+
+
+@task(
+    auto_shortflags=False,
+    positional=["service"],
+    help={
+        "service": "the service whose log to show",
+        "host": HOST_HELP,
+        "n": "how many lines (default 50)",
+        "follow": "stream new lines until Ctrl-C",
+        "json": JSON_HELP,
+    },
+)
+@errors_to_exit
+def logs(c, service, host=None, n=50, follow=False, json=False):
+    """Print the last lines of a service's log (--follow streams until Ctrl-C)."""
+    from ops import control
+    from ops.errors import UsageError
+    from ops.inventory import resolve_hosts
+    from ops.report import Reporter, choose_format
+    from ops.session import connect
+
+    inv = _inventory(c)
+    targets = resolve_hosts(inv, host)
+    if len(targets) != 1:
+        raise UsageError("logs needs exactly one host", "pass --host NAME")
+    h = targets[0]
+    svc = control.with_children(h, [service])[0]
+    rep = Reporter(choose_format(json))
+    with connect(inv, h) as session:
+        rep.log_lines(h.name, svc.name, control.logs(session, svc, int(n)))
+        if follow:
+            control.follow(session, svc, rep.follow_line)
+
+
+ns = Collection()
+for t in (hosts, status, start, stop, restart, logs):
+    ns.add_task(t)
