@@ -315,7 +315,9 @@ class _Ctx:
                 known = ", ".join(sorted(schema))
                 raise self.fail(
                     where,
-                    f"unknown key '{key}'" + (f" ({hint})" if hint else ""),
+                    f"unknown key '{key}'"
+                    + ("" if where else " at the top level")
+                    + (f" ({hint})" if hint else ""),
                     f"known keys here are: {known}",
                 )
             checker = schema[key]
@@ -389,6 +391,7 @@ def parse(data: Mapping[str, Any], path: str, base_dir: Path | None = None) -> I
     ctx.check_table("ssh", ssh, SSH_KEYS)
     defaults = dict(data.get("defaults", {}))
     ctx.check_table("defaults", defaults, DEFAULT_KEYS)
+    _check_timeouts(ctx, "defaults", defaults, tuple(k for k in DEFAULT_KEYS if k.endswith("_timeout")))
 
     services_raw: dict[str, Any] = dict(data.get("services", {}))
     for name, table in services_raw.items():
@@ -398,6 +401,7 @@ def parse(data: Mapping[str, Any], path: str, base_dir: Path | None = None) -> I
         if not isinstance(table, dict):
             raise ctx.fail(where, f"must be a table, got {_describe(table)}")
         _check_service_table(ctx, where, table)
+    _check_references(ctx, services_raw)
 
     hosts_raw: dict[str, Any] = dict(data.get("hosts", {}))
     if not hosts_raw:
@@ -443,24 +447,64 @@ def _expand_local(value: str, base: Path) -> str:
     return str(p if p.is_absolute() else base / p)
 
 
-def _check_service_table(ctx: _Ctx, where: str, table: Mapping[str, Any]) -> None:
+def _check_service_table(ctx: _Ctx, where: str, table: Mapping[str, Any], partial: bool = False) -> None:
+    """Keys, types and values of a service table. ``partial``: a host's overrides, whose
+    sub-tables are merged into the service's, so required keys may come from the service."""
     ctx.check_table(where, table, SERVICE_KEYS)
     for sub, schema in (("ready", READY_KEYS), ("health", HEALTH_KEYS), ("heartbeat", HEARTBEAT_KEYS)):
         if sub in table:
             ctx.check_table(f"{where}.{sub}", table[sub], schema)
+    if not partial:
+        _check_required(ctx, where, table)
+    if "stop_signal" in table and table["stop_signal"].upper().removeprefix("SIG") not in SIGNALS:
+        raise ctx.fail(where, f"key 'stop_signal' is not one of {', '.join(SIGNALS)}")
+    if "restart" in table and table["restart"] not in ("no", "on-failure", "always"):
+        raise ctx.fail(where, 'key \'restart\' must be "no", "on-failure" or "always"')
+    _check_timeouts(ctx, where, table, ("stop_timeout",))
+    for sub in ("ready", "health"):
+        if sub in table:
+            _check_timeouts(ctx, f"{where}.{sub}", table[sub], ("timeout",))
+    port = table.get("port")
+    if port is not None and not 1 <= port <= 65535:
+        raise ctx.fail(where, f"key 'port' must be between 1 and 65535, got {port}")
+
+
+def _check_required(ctx: _Ctx, where: str, table: Mapping[str, Any]) -> None:
     if "health" in table and "url" not in table["health"]:
         raise ctx.fail(f"{where}.health", "missing key 'url'", "give the URL to check")
     if "heartbeat" in table:
         for key in ("file", "max_age"):
             if key not in table["heartbeat"]:
                 raise ctx.fail(f"{where}.heartbeat", f"missing key '{key}'")
-    if "stop_signal" in table and table["stop_signal"].upper().removeprefix("SIG") not in SIGNALS:
-        raise ctx.fail(where, f"key 'stop_signal' is not one of {', '.join(SIGNALS)}")
-    if "restart" in table and table["restart"] not in ("no", "on-failure", "always"):
-        raise ctx.fail(where, 'key \'restart\' must be "no", "on-failure" or "always"')
-    port = table.get("port")
-    if port is not None and not 1 <= port <= 65535:
-        raise ctx.fail(where, f"key 'port' must be between 1 and 65535, got {port}")
+
+
+def _check_references(ctx: _Ctx, services_raw: Mapping[str, Any]) -> None:
+    """children / supervised_by / after / depends_on must name defined services (even when no host
+    runs the service yet: a typo should not wait for the day a host lists it)."""
+    for name, table in services_raw.items():
+        for key in ("children", "after", "depends_on"):
+            for other in table.get(key, []):
+                if other not in services_raw:
+                    close = difflib.get_close_matches(other, list(services_raw), n=1)
+                    raise ctx.fail(
+                        f"services.{name}",
+                        f"key '{key}' names '{other}', which is not defined"
+                        + (f" (did you mean '{close[0]}'?)" if close else ""),
+                        f"add a [services.{other}] table",
+                    )
+        declared = table.get("supervised_by")
+        if declared is not None and declared not in services_raw:
+            raise ctx.fail(
+                f"services.{name}",
+                f"key 'supervised_by' names '{declared}', which is not defined",
+                f"add a [services.{declared}] table",
+            )
+
+
+def _check_timeouts(ctx: _Ctx, where: str, table: Mapping[str, Any], keys: tuple[str, ...]) -> None:
+    for key in keys:
+        if key in table and table[key] <= 0:
+            raise ctx.fail(where, f"key '{key}' must be a positive number of seconds, got {table[key]}")
 
 
 def _build_host(
@@ -473,6 +517,7 @@ def _build_host(
 ) -> Host:
     where = f"hosts.{name}"
     ctx.check_table(where, table, HOST_KEYS)
+    _check_timeouts(ctx, where, table, ("connect_timeout", "command_timeout"))
     is_local = table.get("local", False)
     if is_local and "ssh" in table:
         raise ctx.fail(where, "has both 'local = true' and 'ssh'", "a host is either local or SSH")
@@ -505,7 +550,7 @@ def _build_host(
             raise ctx.fail(owhere, f"overrides service '{svc}', which is not defined")
         if not isinstance(otable, dict):
             raise ctx.fail(owhere, f"must be a table, got {_describe(otable)}")
-        _check_service_table(ctx, owhere, otable)
+        _check_service_table(ctx, owhere, otable, partial=True)
 
     # A supervisor's children come with it.
     names: list[str] = []
@@ -524,7 +569,10 @@ def _build_host(
                 )
             pending.append(child)
 
-    merged = {svc: {**services_raw[svc], **overrides.get(svc, {})} for svc in names}
+    merged = {svc: _merge(services_raw[svc], overrides.get(svc, {})) for svc in names}
+    for svc in names:
+        if svc in overrides:
+            _check_required(ctx, f"{where}.overrides.{svc}", merged[svc])
     ports = {svc: merged[svc].get("port") for svc in names}
     variables = {"host": name, "path": path, "state_dir": state_dir}
 
@@ -556,7 +604,7 @@ def _build_host(
     built: dict[str, Service] = {}
     for svc in names:
         built[svc] = _build_service(
-            ctx, svc, merged[svc], supervisors.get(svc), names, ports, variables, defaults
+            ctx, svc, merged[svc], supervisors.get(svc), names, ports, variables, defaults, overrides.get(svc)
         )
 
     seen_ports: dict[int, str] = {}
@@ -583,11 +631,23 @@ def _build_host(
         services=tuple(built[s] for s in order),
         state_dir=state_dir,
         python=table.get("python", defaults.get("python", "python3")),
-        connect_timeout=float(connect_timeout or DEFAULT_CONNECT_TIMEOUT),
-        command_timeout=float(command_timeout or DEFAULT_COMMAND_TIMEOUT),
+        connect_timeout=float(DEFAULT_CONNECT_TIMEOUT if connect_timeout is None else connect_timeout),
+        command_timeout=float(DEFAULT_COMMAND_TIMEOUT if command_timeout is None else command_timeout),
         branch=table.get("branch"),
         remote=table.get("remote", "origin"),
     )
+
+
+def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """A service table with a host's overrides on top; sub-tables (ready, health, env...) are
+    merged key by key, so `overrides.api.ready.timeout = 60` keeps the service's ready.log."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def _substitute(
@@ -604,8 +664,11 @@ def _substitute(
         if var == "port":
             target = arg or own
             if target not in ports:
+                host = variables["host"]
                 raise ctx.fail(
-                    where, f"key '{key}' uses ${{port:{target}}} but '{target}' is not on this host"
+                    where,
+                    f"key '{key}' uses ${{port:{target}}} but '{target}' is not a service of host '{host}'",
+                    f"add '{target}' to hosts.{host}.services",
                 )
             port = ports[target]
             if port is None:
@@ -632,11 +695,21 @@ def _build_service(
     ports: Mapping[str, int | None],
     variables: Mapping[str, str],
     defaults: Mapping[str, Any],
+    override: Mapping[str, Any] | None = None,
 ) -> Service:
     where = f"services.{name}"
 
+    def origin(key: str) -> str:
+        """The table a (dotted) key came from: the host's overrides or the service itself."""
+        node: Any = override or {}
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return where
+            node = node[part]
+        return f"hosts.{variables['host']}.overrides.{name}"
+
     def sub(key: str, value: str) -> str:
-        return _substitute(ctx, where, key, value, ports, variables, name)
+        return _substitute(ctx, origin(key), key, value, ports, variables, name)
 
     cmd = sub("cmd", t["cmd"]) if "cmd" in t else None
     if supervised_by is None and cmd is None:
@@ -647,12 +720,12 @@ def _build_service(
         )
     if supervised_by is not None and cmd is not None:
         raise ctx.fail(
-            where,
+            origin("cmd"),
             f"has a 'cmd' but is started by its supervisor '{supervised_by}'",
             "remove cmd; give 'match' so its processes can be found",
         )
     if "match" in t:
-        match = ctx.regex(where, "match", sub("match", t["match"]))
+        match = ctx.regex(origin("match"), "match", sub("match", t["match"]))
     elif cmd is not None:
         match = re.escape(cmd)
     else:
@@ -665,10 +738,11 @@ def _build_service(
     for key in ("after", "depends_on"):
         for dep in t.get(key, []):
             if dep not in names:
+                host = variables["host"]
                 raise ctx.fail(
-                    where,
-                    f"key '{key}' names '{dep}', which is not a service of this host",
-                    f"define [services.{dep}] and list it in the host's services",
+                    origin(key),
+                    f"key '{key}' names '{dep}', which is not a service of host '{host}'",
+                    f"add '{dep}' to hosts.{host}.services",
                 )
     after = tuple(dict.fromkeys([*t.get("after", []), *t.get("depends_on", [])]))
 
@@ -679,7 +753,7 @@ def _build_service(
         health = Health(
             url=sub("health.url", h["url"]),
             status=h.get("status", 200),
-            body=ctx.regex(f"{where}.health", "body", h["body"]) if "body" in h else None,
+            body=ctx.regex(f"{origin('health.body')}.health", "body", h["body"]) if "body" in h else None,
             headers=dict(h.get("headers", {})),
             header_files={k: sub("health.header_files", v) for k, v in h.get("header_files", {}).items()},
             timeout=float(h.get("timeout", 5.0)),
@@ -690,7 +764,7 @@ def _build_service(
     if r.get("port") and port is None:
         raise ctx.fail(f"{where}.ready", "key 'port' is true but the service declares no port")
     ready = Ready(
-        log=ctx.regex(f"{where}.ready", "log", r["log"]) if "log" in r else None,
+        log=ctx.regex(f"{origin('ready.log')}.ready", "log", r["log"]) if "log" in r else None,
         port=r.get("port", port is not None),
         health=r.get("health", health is not None),
         timeout=float(r.get("timeout", defaults.get("ready_timeout", DEFAULT_READY_TIMEOUT))),
