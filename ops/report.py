@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
@@ -302,3 +303,74 @@ class Reporter:
             print(json.dumps({"line": text}), file=self.out, flush=True)
         else:
             print(text, file=self.out, flush=True)
+
+
+# --- deploy ------------------------------------------------------------------------------------
+
+DEPLOY_STYLE = {"ok": "green", "planned": "cyan", "failed": "bold red", "rolled-back": "yellow",
+                "rollback-failed": "bold red", "locked": "yellow", "unreachable": "red",
+                "skipped": "dim"}
+
+
+def _short(commit: str | None) -> str:
+    return commit[:10] if commit else "-"
+
+
+def deploy_step(rep: Reporter, host: str, step) -> None:
+    """Live progress: one line per finished step, with its timing."""
+    if rep.fmt == "json":
+        return
+    mark = "ok" if step.ok else "FAILED"
+    rep.line(f"{host}: {step.name} {mark} ({step.duration:.2f}s) {step.detail}",
+             None if step.ok else "bold red")
+
+
+def deploy_summary(rep: Reporter, results) -> None:
+    if rep.fmt == "json":
+        rep.json({"ok": all(r.ok for r in results), "hosts": [
+            {**r.journal_entry(""), "plan": r.plan} for r in results]})
+        return
+    if any(r.plan for r in results):
+        for r in results:
+            if r.plan:
+                deploy_plan(rep, r.plan)
+    rows = [[r.host, r.outcome, f"{_short(r.from_commit)} -> {_short(r.to_commit)}",
+             f"{r.duration:.2f}s", r.error or ""] for r in results]
+    rep._table("deploy summary", ["host", "outcome", "commits", "time", "detail"], rows,
+               [DEPLOY_STYLE.get(r.outcome) for r in results] if rep.fmt == "rich" else None)
+
+
+def deploy_plan(rep: Reporter, plan: dict) -> None:
+    rep.line(f"plan for {plan['host']} ({plan['source']} into {plan['checkout']}):", "bold")
+    rep.line(f"  commits: {_short(plan['from'])} -> {_short(plan['to'])}"
+             + (f"  {plan['subject']}" if plan.get("subject") else ""))
+    if plan["checkout_dirty"]:
+        rep.line(f"  WARNING: the host's checkout has local changes: {', '.join(plan['checkout_dirty'])}")
+    if plan["lock"]:
+        rep.line(f"  WARNING: a deploy lock is held: {plan['lock']}")
+    rep.line("  1. take the deploy lock")
+    rep.line("  2. deliver the commit, purge __pycache__ and *.pyc")
+    rep.line(f"  3. stop (in order): {', '.join(plan['stop']) or '-'}")
+    for s in plan["would_signal"]:
+        rep.line(f"       would signal {s['service']} pid {s['pid']}: {s['signal']}")
+    gates = "; ".join(f"{k} [{', '.join(v) or 'no gates'}]" for k, v in plan["gates"].items())
+    rep.line(f"  4. start (in order): {gates or '-'}")
+    rep.line("  5. verify; on failure roll back to the previous commit")
+    running = ", ".join(f"{k}={v['state']}" + (f"({v['pid']})" if v["pid"] else "")
+                        for k, v in plan["running"].items())
+    rep.line(f"  now: {running or 'nothing declared'}")
+
+
+def journal(rep: Reporter, host: str, entries: list[dict]) -> None:
+    if rep.fmt == "json":
+        rep.json({"host": host, "entries": entries})
+        return
+    rows = []
+    for e in entries:
+        failed = next((s for s in e.get("steps", []) if not s["ok"]), None)
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.get("started_at", 0)))
+        rows.append([e.get("run_id", "?"), when, e.get("user", "?"), e.get("outcome", "?"),
+                     f"{_short(e.get('from'))} -> {_short(e.get('to'))}", f"{e.get('duration', 0):.1f}s",
+                     f"{failed['name']}: {failed['detail']}" if failed else ""])
+    rep._table(f"deploy journal of {host}", ["run", "when", "user", "outcome", "commits", "time",
+                                              "failed step"], rows)

@@ -179,3 +179,88 @@ def logs(c, service, host=None, n=50, follow=False, json=False):
 ns = Collection()
 for t in (hosts, status, start, stop, restart, logs):
     ns.add_task(t)
+
+
+DEPLOY_HELP = {
+    "host": HOST_HELP,
+    "dry-run": "print the plan per host and change nothing",
+    "no-rollback": "on failure, leave the host as it is instead of rolling back",
+    "lock-wait": "seconds to wait for another deploy's lock (default 0: refuse at once)",
+    "serial": "deploy in rolling batches of N hosts (default: all in parallel)",
+    "max-fail": "stop starting new batches after N failed hosts",
+    "allow-dirty": "deploy HEAD even if the working tree has uncommitted changes",
+    "ref": "the commit, branch or tag to deploy (default HEAD)",
+    "json": JSON_HELP,
+}
+
+
+def _deploy(host, json, rollback_only=False, **opts):
+    from ops import deploy as dep
+    from ops import report
+    from ops.inventory import resolve_hosts
+
+    inv = _inventory()
+    targets = resolve_hosts(inv, host)
+    rep = report.Reporter(report.choose_format(json))
+    options = dep.DeployOptions(**opts)
+    results = dep.deploy(inv, targets, options, on_step=lambda h, st: report.deploy_step(rep, h, st),
+                         rollback_only=rollback_only)
+    report.deploy_summary(rep, results)
+    code = dep.exit_code(results)
+    if code:
+        raise Exit(code=code)
+
+
+@task(auto_shortflags=False, help=DEPLOY_HELP)
+@errors_to_exit
+def deploy(c, host=None, dry_run=False, no_rollback=False, lock_wait=0.0, serial=0, max_fail=-1,
+           allow_dirty=False, ref="HEAD", json=False):
+    """Deploy: lock, deliver code, purge caches, ordered stop/start, verify, roll back on failure."""
+    _deploy(host, json, dry_run=dry_run, rollback=not no_rollback, lock_wait=float(lock_wait),
+            serial=int(serial) or None, max_fail=None if int(max_fail) < 0 else int(max_fail),
+            allow_dirty=allow_dirty, ref=ref)
+
+
+@task(auto_shortflags=False, help={"host": HOST_HELP, "dry-run": "show the plan only", "json": JSON_HELP,
+                                   "lock-wait": DEPLOY_HELP["lock-wait"]})
+@errors_to_exit
+def rollback(c, host=None, dry_run=False, lock_wait=0.0, json=False):
+    """Roll back to the commit deployed before the current one (recorded on the host)."""
+    _deploy(host, json, rollback_only=True, dry_run=dry_run, lock_wait=float(lock_wait))
+
+
+@task(auto_shortflags=False, help={"host": HOST_HELP, "force": "break the lock even if its holder runs"})
+@errors_to_exit
+def unlock(c, host=None, force=False):
+    """Break a stale deploy lock (one whose deploy is gone)."""
+    from ops import deploy as dep
+    from ops.inventory import resolve_hosts
+    from ops.report import Reporter, choose_format
+    from ops.session import connect
+
+    inv = _inventory()
+    rep = Reporter(choose_format(False))
+    for h in resolve_hosts(inv, host):
+        with connect(inv, h) as session:
+            r = dep.unlock(session, force=force)
+        rep.line(f"{h.name}: " + ("lock released" if r["released"] else r.get("detail", "not released")))
+
+
+@task(auto_shortflags=False, help={"host": HOST_HELP, "n": "how many runs (default 20)", "json": JSON_HELP})
+@errors_to_exit
+def journal(c, host=None, n=20, json=False):
+    """Show the last deploy runs recorded on a host."""
+    from ops import deploy as dep
+    from ops import report
+    from ops.inventory import resolve_hosts
+    from ops.session import connect
+
+    inv = _inventory()
+    rep = report.Reporter(report.choose_format(json))
+    for h in resolve_hosts(inv, host):
+        with connect(inv, h) as session:
+            report.journal(rep, h.name, dep.journal(session, int(n)))
+
+
+for t in (deploy, rollback, unlock, journal):
+    ns.add_task(t)

@@ -17,7 +17,7 @@ import sys
 import time
 import traceback
 
-from . import procs
+from . import deployops, procs
 from .gates import tail_lines
 from .lifecycle import Lifecycle
 from .state import expand
@@ -143,6 +143,9 @@ OPS = {
 }
 
 
+OPS.update(deployops.OPS)
+
+
 def register(name, fn):
     OPS[name] = fn
 
@@ -164,6 +167,13 @@ def serve(inp=None, out=None):
             "home": os.path.expanduser("~"),
         }
     )
+    try:
+        return _loop(inp, chan)
+    finally:
+        deployops.release_held_locks()
+
+
+def _loop(inp, chan):
     while True:
         line = inp.readline()
         if not line:

@@ -1,0 +1,311 @@
+"""Deploy support on the host: the deploy lock, code delivery with git, the deploy record, the journal.
+
+Everything here runs on the host inside the agent, so a deploy step is one round trip.
+"""
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+
+from . import procs
+from .state import expand, read_json, write_json_atomic
+
+GIT_TIMEOUT = 300
+_held_locks = []  # lock files this agent holds; released when the agent exits
+
+
+def _git(args, cwd, timeout=GIT_TIMEOUT, input_bytes=None):
+    env = dict(os.environ)
+    env.update({"GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C", "GIT_ASKPASS": "true"})
+    try:
+        p = subprocess.run(
+            ["git"] + list(args), cwd=cwd, env=env, input=input_bytes,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout,
+            stdin=None if input_bytes is not None else subprocess.DEVNULL,
+        )
+    except FileNotFoundError:
+        return 127, "", "git is not installed on the host"
+    except subprocess.TimeoutExpired:
+        return 124, "", "git %s timed out after %ss" % (args[0], timeout)
+    return p.returncode, p.stdout.decode("utf-8", "replace").strip(), p.stderr.decode(
+        "utf-8", "replace").strip()
+
+
+def _paths(args):
+    state_dir = expand(args["host"]["state_dir"])
+    return {
+        "checkout": expand(args["host"]["path"]),
+        "state_dir": state_dir,
+        "lock": os.path.join(state_dir, "deploy.lock"),
+        "record": os.path.join(state_dir, "deploy.json"),
+        "journal": os.path.join(state_dir, "journal.jsonl"),
+    }
+
+
+def checkout_info(checkout):
+    info = {"path": checkout, "exists": os.path.isdir(checkout), "git": False, "head": None,
+            "dirty": [], "branch": None}
+    if not info["exists"]:
+        return info
+    code, out, _ = _git(["rev-parse", "--is-inside-work-tree"], checkout)
+    code2, top, _ = _git(["rev-parse", "--show-toplevel"], checkout)
+    if code != 0 or out != "true" or os.path.realpath(top) != os.path.realpath(checkout):
+        info["empty"] = not os.listdir(checkout)
+        return info
+    info["git"] = True
+    code, out, _ = _git(["rev-parse", "--verify", "-q", "HEAD"], checkout)
+    info["head"] = out if code == 0 else None
+    code, out, _ = _git(["symbolic-ref", "-q", "--short", "HEAD"], checkout)
+    info["branch"] = out if code == 0 else None
+    code, out, _ = _git(["status", "--porcelain", "--untracked-files=no"], checkout)
+    info["dirty"] = out.splitlines() if code == 0 else ["(git status failed)"]
+    return info
+
+
+# --- lock ---------------------------------------------------------------------------------------
+
+
+def _lock_holder(path):
+    data = read_json(path)
+    if data is None:
+        return None
+    if data.get("corrupt"):
+        return {"corrupt": True, "stale": True}
+    ident = {"pid": data.get("agent_pid"), "starttime": data.get("agent_starttime"),
+             "boot_id": data.get("boot_id")}
+    data["stale"] = not (ident["pid"] and procs.same_process(ident))
+    return data
+
+
+def op_deploy_lock(args, emit):
+    """Take the host's deploy lock atomically (O_EXCL). Waits up to `wait` seconds."""
+    p = _paths(args)
+    os.makedirs(p["state_dir"], exist_ok=True)
+    me = procs.identity(os.getpid()) or {}
+    record = dict(args.get("owner") or {})
+    record.update({"agent_pid": os.getpid(), "agent_starttime": me.get("starttime"),
+                   "boot_id": me.get("boot_id"), "since": time.time()})
+    deadline = time.monotonic() + float(args.get("wait") or 0)
+    announced = False
+    while True:
+        try:
+            fd = os.open(p["lock"], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            holder = _lock_holder(p["lock"])
+            if holder is None:
+                continue  # released between our open and our read
+            if holder.get("stale") and args.get("break_stale"):
+                _remove(p["lock"])
+                continue
+            if time.monotonic() >= deadline:
+                return {"acquired": False, "holder": holder}
+            if not announced:
+                emit({"event": "progress", "message": "waiting for the deploy lock"})
+                announced = True
+            time.sleep(0.1)
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f)
+        _held_locks.append(p["lock"])
+        return {"acquired": True, "holder": record}
+
+
+def _remove(path):
+    try:
+        os.unlink(path)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def op_deploy_unlock(args, emit):
+    """Release our lock; with force, break a stale one (or any, with force='any')."""
+    p = _paths(args)
+    holder = _lock_holder(p["lock"])
+    if holder is None:
+        return {"released": False, "detail": "no lock held"}
+    ours = holder.get("agent_pid") == os.getpid()
+    force = args.get("force")
+    if ours or (force and holder.get("stale")) or force == "any":
+        _remove(p["lock"])
+        if p["lock"] in _held_locks:
+            _held_locks.remove(p["lock"])
+        return {"released": True, "holder": holder}
+    return {"released": False, "holder": holder,
+            "detail": "held by a live deploy (agent pid %s)" % holder.get("agent_pid")}
+
+
+def release_held_locks():
+    for path in list(_held_locks):
+        holder = _lock_holder(path)
+        if holder and holder.get("agent_pid") == os.getpid():
+            _remove(path)
+        _held_locks.remove(path)
+
+
+# --- probe / deliver ----------------------------------------------------------------------------
+
+
+def op_deploy_probe(args, emit):
+    p = _paths(args)
+    return {"checkout": checkout_info(p["checkout"]), "record": read_json(p["record"]) or {},
+            "lock": _lock_holder(p["lock"])}
+
+
+def _step(steps, name, ok, detail, t):
+    steps.append({"name": name, "ok": ok, "detail": detail, "duration": round(time.monotonic() - t, 3)})
+    return ok
+
+
+def _purge(checkout):
+    """Remove every __pycache__ directory and stray *.pyc under the checkout (not inside .git)."""
+    dirs = files = 0
+    for root, dnames, fnames in os.walk(checkout):
+        if ".git" in dnames:
+            dnames.remove(".git")
+        if "__pycache__" in dnames:
+            shutil.rmtree(os.path.join(root, "__pycache__"), ignore_errors=True)
+            dnames.remove("__pycache__")
+            dirs += 1
+        for fn in fnames:
+            if fn.endswith((".pyc", ".pyo")):
+                try:
+                    os.unlink(os.path.join(root, fn))
+                    files += 1
+                except OSError:
+                    pass
+    return dirs, files
+
+
+def op_git_deliver(args, emit):
+    """Bring the checkout to `commit`, by bundle (push) or fetch + fast-forward (pull); purge caches.
+
+    Refuses a dirty checkout and (pull) a non-fast-forward. Returns {ok, from, to, steps}.
+    """
+    p = _paths(args)
+    checkout = p["checkout"]
+    commit = args["commit"]
+    mode = args["mode"]
+    steps = []
+    info = checkout_info(checkout)
+    before = info["head"]
+    t = time.monotonic()
+    if not info["git"]:
+        if mode == "pull" or args.get("no_create"):
+            _step(steps, "checkout", False, "%s is not a git checkout; clone it on the host first"
+                  % checkout, t)
+            return {"ok": False, "from": before, "to": commit, "steps": steps}
+        if info["exists"] and not info.get("empty"):
+            _step(steps, "checkout", False, "%s exists, is not empty and is not a git checkout; "
+                  "move it away or point `path` elsewhere" % checkout, t)
+            return {"ok": False, "from": before, "to": commit, "steps": steps}
+        os.makedirs(checkout, exist_ok=True)
+        code, _, err = _git(["init", "-q"], checkout)
+        if not _step(steps, "init", code == 0, err or "created %s" % checkout, t):
+            return {"ok": False, "from": before, "to": commit, "steps": steps}
+        t = time.monotonic()
+    if info["dirty"]:
+        _step(steps, "clean", False, "the checkout on the host has local changes: %s; commit or "
+              "discard them there" % ", ".join(info["dirty"][:5]), t)
+        return {"ok": False, "from": before, "to": commit, "steps": steps}
+
+    have = _git(["cat-file", "-e", commit + "^{commit}"], checkout)[0] == 0
+    if not have:
+        t = time.monotonic()
+        if mode == "push":
+            fd, bundle = tempfile.mkstemp(prefix=".ops-", suffix=".bundle", dir=p["state_dir"])
+            with os.fdopen(fd, "wb") as f:
+                f.write(base64.b64decode(args["bundle"]))
+            try:
+                code, _, err = _git(["fetch", "-q", "--no-tags", bundle,
+                                     "+refs/ops/deploy:refs/ops/deployed"], checkout)
+            finally:
+                os.unlink(bundle)
+            ok = code == 0
+            _step(steps, "fetch", ok, err or "fetched from bundle", t)
+        else:
+            remote = args.get("remote") or "origin"
+            code, _, err = _git(["fetch", "-q", remote], checkout)
+            ok = _step(steps, "fetch", code == 0, err or "fetched %s" % remote, t)
+        if not ok:
+            return {"ok": False, "from": before, "to": commit, "steps": steps}
+        if _git(["cat-file", "-e", commit + "^{commit}"], checkout)[0] != 0:
+            _step(steps, "fetch", False, "commit %s is not on the host after fetching; was it pushed?"
+                  % commit[:12], t)
+            return {"ok": False, "from": before, "to": commit, "steps": steps}
+    t = time.monotonic()
+    rollback = args.get("rollback")
+    if (mode == "pull" and before and not rollback
+            and _git(["merge-base", "--is-ancestor", before, commit], checkout)[0] != 0):
+        _step(steps, "fast-forward", False, "the host is at %s, which is not an ancestor of %s: "
+              "not a fast-forward; refusing" % (before[:12], commit[:12]), t)
+        return {"ok": False, "from": before, "to": commit, "steps": steps}
+    if rollback and info["branch"]:  # move the branch back, so the next deploy fast-forwards again
+        code, _, err = _git(["checkout", "-q", "-B", info["branch"], commit], checkout)
+    elif mode == "pull" and info["branch"]:
+        code, _, err = _git(["merge", "-q", "--ff-only", commit], checkout)
+    else:
+        code, _, err = _git(["-c", "advice.detachedHead=false", "checkout", "-q", "--detach",
+                             commit], checkout)
+    if not _step(steps, "checkout", code == 0, err or "now at %s" % commit[:12], t):
+        return {"ok": False, "from": before, "to": commit, "steps": steps}
+    t = time.monotonic()
+    dirs, files = _purge(checkout)
+    _step(steps, "purge", True, "removed %d __pycache__ dirs, %d .pyc files" % (dirs, files), t)
+    return {"ok": True, "from": before, "to": commit, "steps": steps}
+
+
+def op_deploy_record(args, emit):
+    """Record a successful deploy: current <- commit, previous <- what was current."""
+    p = _paths(args)
+    record = read_json(p["record"]) or {}
+    if record.get("corrupt"):
+        record = {}
+    if record.get("current") != args["commit"]:
+        record["previous"] = record.get("current")
+        record["current"] = args["commit"]
+    record["deployed_at"] = time.time()
+    record["run_id"] = args.get("run_id")
+    write_json_atomic(p["record"], record)
+    return record
+
+
+def op_journal_append(args, emit):
+    p = _paths(args)
+    os.makedirs(p["state_dir"], exist_ok=True)
+    line = json.dumps(args["entry"], sort_keys=True, separators=(",", ":"))
+    with open(p["journal"], "a") as f:
+        f.write(line + "\n")
+    return {"path": p["journal"]}
+
+
+def op_journal_read(args, emit):
+    p = _paths(args)
+    n = int(args.get("last") or 20)
+    try:
+        with open(p["journal"]) as f:
+            lines = f.readlines()[-n:]
+    except FileNotFoundError:
+        return {"path": p["journal"], "entries": []}
+    entries = []
+    for ln in lines:
+        try:
+            entries.append(json.loads(ln))
+        except ValueError:
+            continue
+    return {"path": p["journal"], "entries": entries}
+
+
+OPS = {
+    "deploy_lock": op_deploy_lock,
+    "deploy_unlock": op_deploy_unlock,
+    "deploy_probe": op_deploy_probe,
+    "git_deliver": op_git_deliver,
+    "deploy_record": op_deploy_record,
+    "journal_append": op_journal_append,
+    "journal_read": op_journal_read,
+}
