@@ -28,30 +28,41 @@ class AgentSession:
         self.shipped = False
 
     def start(self) -> dict[str, Any]:
+        """Run the agent; ship it first if the host does not have this version, and ship it again
+        (once) if the copy there is damaged (python ran but no hello, or a hello of another
+        version)."""
         b = agentpkg.bundle()
-        for _ in range(2):
+        for _ in range(3):
             ch = self.transport.channel(agentpkg.run_command(self.python, b))
             line = ch.read_line(time.monotonic() + self.timeout)
             if line is None:
                 code = ch.exit_status(2.0)
                 err = ch.stderr_text().strip()
                 ch.close()
+                if code not in (126, 127) and not self.shipped:  # the interpreter ran: a bad copy
+                    self._install(b)
+                    continue
                 raise AgentError(
                     f"{self.host_name}: the agent did not start (exit {code}): {err or 'no output'}",
                     f"the host needs python3 >= 3.8 as `{self.python}` (set python = ... in hosts.toml)",
                 )
             event = self._decode(line)
-            if event.get("event") == "need-agent":
-                ch.close()
+            kind = event.get("event")
+            if kind == "hello" and event.get("version") == b.version:
+                self.channel = ch
+                self.hello = event
+                return event
+            ch.close()
+            if self.shipped:
+                break
+            if kind == "need-agent" or kind == "hello":  # missing, or a damaged copy of another version
                 self._install(b)
                 continue
-            if event.get("event") != "hello":
-                ch.close()
-                raise AgentError(f"{self.host_name}: unexpected first line from the agent: {line!r}")
-            self.channel = ch
-            self.hello = event
-            return event
-        raise AgentError(f"{self.host_name}: the agent could not be installed")
+            raise AgentError(f"{self.host_name}: unexpected first line from the agent: {line[:200]!r}")
+        raise AgentError(
+            f"{self.host_name}: the agent could not be installed (shipped it, but it still does not run)",
+            "check that $XDG_CACHE_HOME (or ~/.cache) on the host is writable and not full",
+        )
 
     def _install(self, b: agentpkg.AgentBundle) -> None:
         ch = self.transport.channel(agentpkg.install_command(b))

@@ -30,16 +30,22 @@ class AgentBundle:
         return f"agent-{self.version}.pyz"
 
 
-def _sources() -> list[tuple[str, bytes]]:
+def _sources(agent_dir: Path) -> list[tuple[str, bytes]]:
     files = [("ops/__init__.py", b"")]
-    for p in sorted(AGENT_DIR.glob("*.py")):
+    for p in sorted(agent_dir.glob("*.py")):
         files.append((f"ops/agent/{p.name}", p.read_bytes()))
     return files
 
 
 @functools.cache
 def bundle() -> AgentBundle:
-    sources = _sources()
+    """The agent of this installation (built once per process)."""
+    return build(AGENT_DIR)
+
+
+def build(agent_dir: Path) -> AgentBundle:
+    """Zip the agent sources in ``agent_dir``; the same sources always give the same bytes."""
+    sources = _sources(agent_dir)
     h = hashlib.sha256()
     for name, data in sources:
         h.update(name.encode() + b"\0" + data + b"\0")

@@ -1,0 +1,158 @@
+"""The agent zipapp: deterministic bytes, a version that is the hash of its sources, the exact shell
+commands that run and install it, and a built zip that really answers over stdin/stdout."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from ops import agentpkg
+
+
+@pytest.fixture(autouse=True)
+def _fresh_bundle_cache():
+    agentpkg.bundle.cache_clear()
+    yield
+    agentpkg.bundle.cache_clear()
+
+
+@pytest.fixture
+def agent_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of ops/agent that bundle() builds from."""
+    copy = tmp_path / "agent"
+    shutil.copytree(agentpkg.AGENT_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(agentpkg, "AGENT_DIR", copy)
+    return copy
+
+
+def test_the_zipapp_is_the_same_bytes_every_time():
+    first = agentpkg.build(agentpkg.AGENT_DIR)
+    second = agentpkg.build(agentpkg.AGENT_DIR)
+    assert first.data == second.data
+    assert first.version == second.version
+    assert agentpkg.bundle() == first
+
+
+def test_the_version_is_a_content_hash_not_a_path(agent_copy):
+    original = agentpkg.build(Path(agentpkg.__file__).parent / "agent")
+    assert agentpkg.bundle().version == original.version
+    assert len(original.version) == 16 and int(original.version, 16) >= 0
+    assert original.filename == f"agent-{original.version}.pyz"
+
+
+def test_the_version_changes_when_an_agent_source_changes(agent_copy):
+    before = agentpkg.bundle()
+    server = agent_copy / "server.py"
+    server.write_text(server.read_text() + "\n# changed\n")
+    agentpkg.bundle.cache_clear()
+    after = agentpkg.bundle()
+    assert after.version != before.version
+    assert after.data != before.data
+
+
+def test_the_version_changes_when_an_agent_module_is_added(agent_copy):
+    before = agentpkg.bundle().version
+    (agent_copy / "extra.py").write_text("X = 1\n")
+    agentpkg.bundle.cache_clear()
+    assert agentpkg.bundle().version != before
+
+
+def test_the_zip_holds_the_agent_sources_and_a_main_only():
+    b = agentpkg.bundle()
+    with zipfile.ZipFile(io.BytesIO(b.data)) as zf:
+        names = zf.namelist()
+        main = zf.read("__main__.py").decode()
+    expected = sorted(f"ops/agent/{p.name}" for p in agentpkg.AGENT_DIR.glob("*.py"))
+    assert names == ["ops/__init__.py", *expected, "__main__.py"]
+    assert main == f"from ops.agent import server\nserver.main(version={b.version!r})\n"
+
+
+def test_the_run_command_is_exactly():
+    b = agentpkg.AgentBundle(version="0123456789abcdef", data=b"")
+    assert agentpkg.run_command("python3", b) == (
+        'f="${XDG_CACHE_HOME:-$HOME/.cache}/ops-agent"/agent-0123456789abcdef.pyz; '
+        'if [ -f "$f" ]; then exec python3 "$f"; '
+        'else echo \'{"event":"need-agent"}\'; fi'
+    )
+
+
+def test_the_run_command_quotes_the_interpreter():
+    b = agentpkg.AgentBundle(version="0123456789abcdef", data=b"")
+    cmd = agentpkg.run_command("/opt/my python/bin/python3; rm -rf ~", b)
+    assert "exec '/opt/my python/bin/python3; rm -rf ~' \"$f\"" in cmd
+
+
+def test_the_install_command_is_exactly():
+    b = agentpkg.AgentBundle(version="0123456789abcdef", data=b"")
+    assert agentpkg.install_command(b) == (
+        'd="${XDG_CACHE_HOME:-$HOME/.cache}/ops-agent"; mkdir -p "$d" && chmod 700 "$d" && '
+        't="$d/.tmp.$$" && cat > "$t" && mv -f "$t" "$d/agent-0123456789abcdef.pyz"'
+    )
+
+
+def _sh(command: str, cache: Path, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    env = {**os.environ, "XDG_CACHE_HOME": str(cache)}
+    return subprocess.run(["/bin/sh", "-c", command], input=stdin, env=env, capture_output=True, timeout=30)
+
+
+def test_the_commands_ship_once_then_run_the_agent(tmp_path):
+    b = agentpkg.bundle()
+    cache = tmp_path / "cache"
+    missing = _sh(agentpkg.run_command(sys.executable, b), cache)
+    assert missing.returncode == 0
+    assert json.loads(missing.stdout) == {"event": "need-agent"}
+
+    installed = _sh(agentpkg.install_command(b), cache, stdin=b.data)
+    assert installed.returncode == 0, installed.stderr
+    target = cache / "ops-agent" / b.filename
+    assert target.read_bytes() == b.data
+    assert (cache / "ops-agent").stat().st_mode & 0o777 == 0o700
+    assert [p.name for p in (cache / "ops-agent").iterdir()] == [b.filename]  # no temp file left
+
+    ran = _sh(agentpkg.run_command(sys.executable, b), cache)  # stdin closed: hello, then exit 0
+    assert ran.returncode == 0, ran.stderr
+    assert json.loads(ran.stdout.splitlines()[0])["event"] == "hello"
+
+
+def test_the_built_zip_answers_hello_and_ping(tmp_path):
+    b = agentpkg.bundle()
+    pyz = tmp_path / b.filename
+    pyz.write_bytes(b.data)
+    request = json.dumps({"id": 7, "op": "ping", "args": {}}) + "\n"
+    # A clean environment: the zip must not lean on this checkout being importable.
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
+    r = subprocess.run(
+        ["python3", str(pyz)],
+        input=request,
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 0, r.stderr
+    hello, result = (json.loads(line) for line in r.stdout.splitlines())
+    assert hello["event"] == "hello"
+    assert hello["version"] == b.version
+    assert hello["pid"] > 0 and hello["python"].count(".") == 2
+    assert result["id"] == 7 and result["event"] == "result"
+    assert result["data"]["pong"] is True
+
+
+def test_an_unknown_op_is_an_error_event_and_the_agent_keeps_serving(tmp_path):
+    b = agentpkg.bundle()
+    pyz = tmp_path / b.filename
+    pyz.write_bytes(b.data)
+    requests = '{"id": 1, "op": "nope"}\n{"id": 2, "op": "ping"}\n'
+    r = subprocess.run(["python3", str(pyz)], input=requests, capture_output=True, text=True, timeout=30)
+    events = [json.loads(line) for line in r.stdout.splitlines()[1:]]
+    assert events[0] == {"id": 1, "event": "error", "type": "protocol", "message": "unknown op 'nope'"}
+    assert events[1]["id"] == 2 and events[1]["event"] == "result"
