@@ -1,0 +1,136 @@
+"""Start-up: listing tasks stays light (no paramiko, fabric or rich), and the `ops` console script
+runs the same tasks from any directory, finding the inventory by --inventory, $OPS_INVENTORY or
+./hosts.toml."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+HEAVY = ("paramiko", "fabric", "rich")
+
+INVENTORY = """\
+[hosts.{name}]
+local = true
+path = "/srv/app"
+services = ["a"]
+
+[services.a]
+cmd = "sleep 100"
+"""
+
+
+def run(argv: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if k != "OPS_INVENTORY"}
+    full_env.update(env)
+    return subprocess.run(argv, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=60)
+
+
+def imported_modules(importtime_stderr: str) -> set[str]:
+    """Module names from `python -X importtime` output ("import time: self | cumulative | name")."""
+    names = set()
+    for line in importtime_stderr.splitlines():
+        m = re.match(r"import time:\s+\d+ \|\s+\d+ \| ( *)(\S+)$", line)
+        if m:
+            names.add(m.group(2))
+    return names
+
+
+def heavy_in(modules: set[str]) -> list[str]:
+    return sorted(m for m in modules if m.split(".")[0] in HEAVY)
+
+
+@pytest.fixture(scope="module")
+def ops_script() -> str:
+    path = shutil.which("ops")
+    assert path, "the `ops` console script is not on PATH: run `python3 -m pip install -e .`"
+    return path
+
+
+def test_inv_list_imports_no_paramiko_fabric_or_rich():
+    r = run([sys.executable, "-X", "importtime", "-m", "invoke", "--list"], cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    assert "status" in r.stdout and "hosts" in r.stdout
+    modules = imported_modules(r.stderr)
+    assert "ops.tasks" in modules  # the parse works: the task module was seen
+    assert heavy_in(modules) == []
+
+
+def test_the_import_check_sees_a_heavy_import():
+    """The check above can fail: importing fabric shows up in the same parse."""
+    r = run([sys.executable, "-X", "importtime", "-c", "import fabric"], cwd=REPO)
+    assert {"fabric", "paramiko"} <= set(heavy_in(imported_modules(r.stderr)))
+
+
+def test_importing_the_task_collection_stays_light():
+    code = (
+        "import sys, tasks\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('paramiko', 'fabric', 'rich'))\n"
+        "print(heavy)\n"
+    )
+    r = run([sys.executable, "-c", code], cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+
+
+def test_ops_list_works_from_another_directory(tmp_path, ops_script):
+    r = run([ops_script, "--list"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    for name in ("hosts", "status", "start", "stop", "logs"):
+        assert re.search(rf"^\s+{name}\s", r.stdout, re.M), r.stdout
+
+
+def test_ops_inventory_option_uses_that_file(tmp_path, ops_script):
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "hosts.toml").write_text(INVENTORY.format(name="fromoption"))
+    (tmp_path / "hosts.toml").write_text(INVENTORY.format(name="fromcwd"))
+    r = run([ops_script, "--inventory", "conf/hosts.toml", "hosts"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert f"{tmp_path}/conf/hosts.toml: 1 host(s), valid" in r.stdout
+    assert "fromoption" in r.stdout and "fromcwd" not in r.stdout
+
+
+def test_ops_inventory_option_wins_over_the_environment(tmp_path, ops_script):
+    (tmp_path / "a.toml").write_text(INVENTORY.format(name="fromoption"))
+    (tmp_path / "b.toml").write_text(INVENTORY.format(name="fromenv"))
+    r = run(
+        [ops_script, "--inventory", "a.toml", "hosts"], cwd=tmp_path, OPS_INVENTORY=str(tmp_path / "b.toml")
+    )
+    assert r.returncode == 0, r.stderr
+    assert "fromoption" in r.stdout and "fromenv" not in r.stdout
+
+
+def test_ops_reads_ops_inventory(tmp_path, ops_script):
+    (tmp_path / "x.toml").write_text(INVENTORY.format(name="fromenv"))
+    r = run([ops_script, "hosts"], cwd=tmp_path, OPS_INVENTORY=str(tmp_path / "x.toml"))
+    assert r.returncode == 0, r.stderr
+    assert "fromenv" in r.stdout
+
+
+def test_ops_falls_back_to_hosts_toml_in_the_current_directory(tmp_path, ops_script):
+    (tmp_path / "hosts.toml").write_text(INVENTORY.format(name="fromcwd"))
+    r = run([ops_script, "hosts"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "fromcwd" in r.stdout
+
+
+def test_ops_without_any_inventory_says_how_to_give_one(tmp_path, ops_script):
+    r = run([ops_script, "hosts"], cwd=tmp_path)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert "hosts.toml: no such inventory file" in r.stderr
+    assert "--inventory PATH" in r.stderr
+
+
+def test_inv_reads_ops_inventory(tmp_path):
+    (tmp_path / "x.toml").write_text(INVENTORY.format(name="fromenv"))
+    r = run([sys.executable, "-m", "invoke", "hosts"], cwd=REPO, OPS_INVENTORY=str(tmp_path / "x.toml"))
+    assert r.returncode == 0, r.stderr
+    assert "fromenv" in r.stdout and "demo_daemon" not in r.stdout
