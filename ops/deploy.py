@@ -262,7 +262,8 @@ class HostDeployer:
                 return r
         r.to_commit = target or (self.source.commit if self.source else None)
         if self.opts.dry_run:
-            r.plan = build_plan(self.host, self.source, r.to_commit, probe, control.status(self.s))
+            r.plan = build_plan(self.host, self.source, r.to_commit, probe,
+                                control.status(self.s, health=False))
             r.outcome = "planned"
             return r
         lock = self.s.call("deploy_lock", self._args(
@@ -278,7 +279,8 @@ class HostDeployer:
             if ok:
                 self.s.call("deploy_record", self._args(commit=r.to_commit, run_id=r.run_id))
                 r.outcome = "ok"
-            elif self.opts.rollback and current and current != r.to_commit and not rollback_only:
+            elif (self.opts.rollback and current and current != r.to_commit and not rollback_only
+                  and r.steps[0].ok):  # a refused delivery changed nothing: nothing to roll back
                 back = self._roll(current, None, rollback=True)
                 r.outcome = "rolled-back" if back else "rollback-failed"
                 r.error = next(s.detail for s in r.steps if not s.ok)

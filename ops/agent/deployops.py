@@ -20,7 +20,9 @@ _held_locks = []  # lock files this agent holds; released when the agent exits
 
 def _git(args, cwd, timeout=GIT_TIMEOUT, input_bytes=None):
     env = dict(os.environ)
-    env.update({"GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C", "GIT_ASKPASS": "true"})
+    # read-only commands (status) must not refresh the index: probes and dry runs change nothing
+    env.update({"GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C", "GIT_ASKPASS": "true",
+                "GIT_OPTIONAL_LOCKS": "0"})
     try:
         p = subprocess.run(
             ["git"] + list(args), cwd=cwd, env=env, input=input_bytes,
