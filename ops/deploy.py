@@ -19,6 +19,7 @@ import secrets
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ops import control
-from ops.errors import ActionFailed, LockHeld, OpsError, UsageError
+from ops.errors import ActionFailed, Interrupted, LockHeld, OpsError, UsageError
 from ops.inventory import Host, Inventory
 from ops.session import HostSession, connect
 
@@ -172,7 +173,8 @@ def exit_code(results: list[HostDeploy]) -> int:
     bad = {r.outcome for r in results if not r.ok}
     if not bad:
         return 0
-    codes = {"rolled-back": EXIT_ROLLED_BACK, "locked": LockHeld.exit_code, "unreachable": 3}
+    codes = {"rolled-back": EXIT_ROLLED_BACK, "locked": LockHeld.exit_code, "unreachable": 3,
+             "interrupted": Interrupted.exit_code}
     kinds = {codes.get(b, 1) for b in bad if b != "skipped"}
     return kinds.pop() if len(kinds) == 1 else 1
 
@@ -182,8 +184,10 @@ def exit_code(results: list[HostDeploy]) -> int:
 
 class HostDeployer:
     def __init__(self, session: HostSession, source: Source | None, opts: DeployOptions,
-                 run_id: str, on_step: StepCallback | None = None) -> None:
+                 run_id: str, on_step: StepCallback | None = None,
+                 cancel: threading.Event | None = None) -> None:
         self.s = session
+        self.cancel = cancel or threading.Event()
         self.host: Host = session.host
         self.source = source
         self.opts = opts
@@ -194,6 +198,8 @@ class HostDeployer:
         return {"host": self.s.host_args(), **extra}
 
     def step(self, name: str, fn: Callable[[], tuple[bool, str]]) -> bool:
+        if self.cancel.is_set():
+            raise Interrupted(f"{self.host.name}: interrupted before {name}")
         t = time.monotonic()
         try:
             ok, detail = fn()
@@ -276,6 +282,8 @@ class HostDeployer:
             return r
         try:
             ok = self._roll(r.to_commit, probe["checkout"]["head"], rollback=rollback_only)
+            if ok and self.cancel.is_set():
+                raise Interrupted(f"{self.host.name}: interrupted before recording the deploy")
             if ok:
                 self.s.call("deploy_record", self._args(commit=r.to_commit, run_id=r.run_id))
                 r.outcome = "ok"
@@ -287,6 +295,8 @@ class HostDeployer:
             else:
                 r.outcome = "failed"
                 r.error = next(s.detail for s in r.steps if not s.ok)
+        except Interrupted as exc:
+            r.outcome, r.error = "interrupted", exc.message
         finally:
             r.duration = time.monotonic() - t0
             entry = r.journal_entry(getpass.getuser())
@@ -365,12 +375,46 @@ def append_local_journal(results: list[HostDeploy]) -> None:
             f.write(json.dumps(r.journal_entry(getpass.getuser()), sort_keys=True) + "\n")
 
 
-def deploy(inv: Inventory, hosts: list[Host], opts: DeployOptions, on_step: StepCallback | None = None,
-           rollback_only: bool = False) -> list[HostDeploy]:
-    """Deploy to hosts in parallel, or in rolling batches (--serial N) with --max-fail."""
-    from concurrent.futures import ThreadPoolExecutor
+def _run_batch(hosts: list[Host], fn: Callable[[Host], HostDeploy], cancel: threading.Event,
+               on_interrupt: Callable[[], None]) -> dict[str, HostDeploy]:
+    """One thread per host. The first Ctrl-C asks every host to stop after its current step (then
+    the lock is released); a second one abandons them (each host's agent still finishes its step,
+    releases the lock and exits when the connection closes)."""
+    out: dict[str, HostDeploy] = {}
+    done = threading.Semaphore(0)
 
+    def target(h: Host) -> None:
+        try:
+            out[h.name] = fn(h)
+        except BaseException as exc:  # a bug on one host must not hide the others
+            out[h.name] = HostDeploy(host=h.name, run_id="", outcome="failed",
+                                     error=f"unexpected {type(exc).__name__}: {exc}")
+        finally:
+            done.release()
+
+    for h in hosts:
+        threading.Thread(target=target, args=(h,), daemon=True).start()
+    # wait on a semaphore, not Thread.join: a Ctrl-C inside join() can leave is_alive() lying
+    waited = 0
+    try:
+        while waited < len(hosts):
+            if done.acquire(timeout=0.1):
+                waited += 1
+    except KeyboardInterrupt:
+        cancel.set()
+        on_interrupt()
+        while waited < len(hosts):
+            if done.acquire(timeout=0.1):
+                waited += 1
+    return out
+
+
+def deploy(inv: Inventory, hosts: list[Host], opts: DeployOptions, on_step: StepCallback | None = None,
+           rollback_only: bool = False, on_interrupt: Callable[[], None] | None = None
+           ) -> list[HostDeploy]:
+    """Deploy to hosts in parallel, or in rolling batches (--serial N) with --max-fail."""
     run_id = new_run_id()
+    cancel = threading.Event()
     source = None if rollback_only else local_source(opts.repo, opts.ref, opts.allow_dirty)
     if source is not None and not opts.dry_run:
         for remote, branch in {(h.remote, h.branch) for h in hosts if h.source == "pull"}:
@@ -380,7 +424,7 @@ def deploy(inv: Inventory, hosts: list[Host], opts: DeployOptions, on_step: Step
         t = time.monotonic()
         try:
             with connect(inv, host) as session:
-                return HostDeployer(session, source, opts, run_id, on_step).run(
+                return HostDeployer(session, source, opts, run_id, on_step, cancel).run(
                     rollback_only=rollback_only)
         except OpsError as exc:
             outcome = "unreachable" if exc.exit_code == 3 else "failed"
@@ -391,18 +435,21 @@ def deploy(inv: Inventory, hosts: list[Host], opts: DeployOptions, on_step: Step
     batch = opts.serial or len(hosts)
     results: dict[str, HostDeploy] = {}
     failures = 0
-    with ThreadPoolExecutor(max_workers=max(1, min(32, batch))) as pool:
-        for i in range(0, len(hosts), batch):
-            group = hosts[i:i + batch]
-            if opts.max_fail is not None and failures >= opts.max_fail:
-                for h in group:
-                    results[h.name] = HostDeploy(host=h.name, run_id=run_id, outcome="skipped",
-                                                 error=f"not started: {failures} host(s) failed "
-                                                       f"(--max-fail {opts.max_fail})")
-                continue
-            for r in pool.map(one, group):
-                results[r.host] = r
-                failures += 0 if r.ok else 1
+    for i in range(0, len(hosts), batch):
+        group = hosts[i:i + batch]
+        stop_reason = None
+        if cancel.is_set():
+            stop_reason = "not started: interrupted"
+        elif opts.max_fail is not None and failures >= opts.max_fail:
+            stop_reason = f"not started: {failures} host(s) failed (--max-fail {opts.max_fail})"
+        if stop_reason:
+            for h in group:
+                results[h.name] = HostDeploy(host=h.name, run_id=run_id, outcome="skipped",
+                                             error=stop_reason)
+            continue
+        for r in _run_batch(group, one, cancel, on_interrupt or (lambda: None)).values():
+            results[r.host] = r
+            failures += 0 if r.ok else 1
     ordered = [results[h.name] for h in hosts]
     if not opts.dry_run:
         append_local_journal(ordered)

@@ -82,3 +82,9 @@ class ActionFailed(OpsError):
 
 class LockHeld(OpsError):
     exit_code = 4
+
+
+class Interrupted(OpsError):
+    """The user pressed Ctrl-C; work stopped at a step boundary and locks were released."""
+
+    exit_code = 130

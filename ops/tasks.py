@@ -203,8 +203,11 @@ def _deploy(host, json, rollback_only=False, **opts):
     targets = resolve_hosts(inv, host)
     rep = report.Reporter(report.choose_format(json))
     options = dep.DeployOptions(**opts)
-    results = dep.deploy(inv, targets, options, on_step=lambda h, st: report.deploy_step(rep, h, st),
-                         rollback_only=rollback_only)
+    results = dep.deploy(
+        inv, targets, options, on_step=lambda h, st: report.deploy_step(rep, h, st),
+        rollback_only=rollback_only,
+        on_interrupt=lambda: rep.line("interrupted: each host stops after its current step and releases "
+                                      "its lock (Ctrl-C again to abandon them)", "bold yellow"))
     report.deploy_summary(rep, results)
     code = dep.exit_code(results)
     if code:
@@ -264,3 +267,172 @@ def journal(c, host=None, n=20, json=False):
 
 for t in (deploy, rollback, unlock, journal):
     ns.add_task(t)
+
+
+PREFLIGHT_HELP = {
+    "base": "the base to compare with (default: [preflight] base, else origin/main)",
+    "commits": "exact number of commits expected ahead of the base",
+    "expect": "comma list of (short) commit ids that must be ahead of the base",
+    "keep-going": "run every check instead of stopping at the first failure",
+    "markdown": "print a '## Verification' section for the PR body instead of the table",
+    "json": JSON_HELP,
+    "host": "restrict the remote checks to these hosts (name, comma list, group)",
+    "repo": "the local checkout to check (default: [preflight] repo, else the current directory)",
+}
+
+
+@task(auto_shortflags=False, help=PREFLIGHT_HELP)
+@errors_to_exit
+def preflight(c, base=None, commits=None, expect=None, keep_going=False, markdown=False, json=False,
+              host=None, repo=None):
+    """Checks before a PR: commits, clean tree, diff size, remote health and test counts.
+
+    Stops at the first failing check (--keep-going runs all); exit 0 only if every check passed.
+    """
+    from ops import preflight as pf
+    from ops import report
+    from ops.errors import UsageError
+
+    if markdown and json:
+        raise UsageError("--markdown and --json are exclusive", "pick one")
+    inv = _inventory()
+    settings = pf.settings(inv, repo=repo, base=base, commits=commits, expect=expect, host=host)
+    rep = report.Reporter(report.choose_format(json))
+    result = pf.run(inv, settings, keep_going=keep_going,
+                    on_result=lambda r: report.preflight_progress(rep, r))
+    if markdown:
+        report.preflight_markdown(rep, result)
+    else:
+        report.preflight(rep, result)
+    if not result.ok:
+        raise Exit(code=result.exit_code)
+
+
+ns.add_task(preflight)
+
+
+# --- verify.* ----------------------------------------------------------------------------------
+
+
+def _verify(kind: str, host: str | None, as_json: bool, run: Callable[..., Any], pick=None) -> None:
+    """Run one verify phase on each host (one agent call per host), report, and exit 0 only if
+    every check passed (1 a check failed, 2 bad arguments, 3 a host unreachable)."""
+    from ops import report
+    from ops.errors import UsageError
+    from ops.inventory import resolve_hosts
+    from ops.session import on_hosts
+
+    inv = _inventory()
+    targets = resolve_hosts(inv, host)
+    if pick is not None and not [s for h in targets for s in pick(h)]:  # bad names fail here, early
+        raise UsageError(f"verify.{kind}: nothing to check on {', '.join(h.name for h in targets)}",
+                         "declare it in hosts.toml for the service (see README, verify)")
+    rep = report.Reporter(report.choose_format(as_json))
+    progress = report.VerifyProgress(rep, checks=kind == "all")
+    try:
+        outcomes = on_hosts(inv, targets, lambda s: run(s, lambda e: progress.event(s.host.name, e)))
+    finally:
+        progress.close()
+    report.verify_result(rep, kind, outcomes)
+    _exit_for(outcomes, lambda o: o.value.ok)
+
+
+VERIFY_HELP = {"host": HOST_HELP, "json": JSON_HELP, "service": "the service to check"}
+VERIFY_MANY_HELP = {**VERIFY_HELP, "service": SERVICE_HELP}
+
+
+@task(name="tree", auto_shortflags=False, positional=["service"], help=VERIFY_HELP)
+@errors_to_exit
+def verify_tree(c, service, host=None, json=False):
+    """SERVICE runs under its supervisor (or its recorded pid lives), once; prints its tree."""
+    from ops import verify
+
+    _verify("tree", host, json, lambda s, ev: verify.tree(s, [service], ev),
+            lambda h: verify.tree_services(h, [service]))
+
+
+@task(name="restart", auto_shortflags=False, positional=["service"], help={
+    **VERIFY_HELP,
+    "service": "the supervised service to kill",
+    "signal": "the signal that simulates the crash (default KILL)",
+    "timeout": "seconds the supervisor has to bring it back and pass its gates (default 30)",
+})
+@errors_to_exit
+def verify_restart(c, service, host=None, signal="KILL", timeout=30.0, json=False):
+    """Kill SERVICE, wait for its supervisor to restart it and its gates to pass; time it."""
+    from ops import verify
+
+    _verify("restart", host, json,
+            lambda s, ev: verify.restart(s, service, signal=signal, timeout=float(timeout), on_event=ev),
+            lambda h: [verify.restart_service(h, service)])
+
+
+@task(name="orphans", auto_shortflags=False, iterable=["service"], help=VERIFY_MANY_HELP)
+@errors_to_exit
+def verify_orphans(c, host=None, service=None, json=False):
+    """No process matching a service's pattern runs outside its service's process tree."""
+    from ops import verify
+    from ops.inventory import select_services
+
+    names = _names(service)
+    _verify("orphans", host, json, lambda s, ev: verify.orphans(s, names, ev),
+            lambda h: select_services(h, names))
+
+
+@task(name="health", auto_shortflags=False, iterable=["service"], help=VERIFY_MANY_HELP)
+@errors_to_exit
+def verify_health(c, host=None, service=None, json=False):
+    """Every declared health check, once, with its timing."""
+    from ops import verify
+
+    names = _names(service)
+    _verify("health", host, json, lambda s, ev: verify.health(s, names, ev),
+            lambda h: verify.health_services(h, names))
+
+
+@task(name="heartbeat", auto_shortflags=False, positional=["service"], help=VERIFY_HELP)
+@errors_to_exit
+def verify_heartbeat(c, service, host=None, json=False):
+    """SERVICE's heartbeat file is younger than its max_age."""
+    from ops import verify
+
+    _verify("heartbeat", host, json, lambda s, ev: verify.heartbeat(s, [service], ev),
+            lambda h: verify.heartbeat_services(h, [service]))
+
+
+@task(name="watch", auto_shortflags=False, iterable=["service"], help={
+    **VERIFY_HELP,
+    "service": SERVICE_HELP,
+    "seconds": "how long to watch (default 10)",
+    "interval": "seconds between samples (default 1)",
+    "min-mem-mb": "fail when MemAvailable falls below this (default: the host's min_mem_available_mb)",
+})
+@errors_to_exit
+def verify_watch(c, host=None, service=None, seconds=10.0, interval=1.0, min_mem_mb=None, json=False):
+    """Watch process counts and free memory: fail on too many, a growing count, or low memory."""
+    from ops import verify
+    from ops.errors import UsageError
+    from ops.inventory import select_services
+
+    try:
+        floor = float(min_mem_mb) if min_mem_mb is not None else None
+    except ValueError:
+        raise UsageError(f"--min-mem-mb must be a number of MB, got {min_mem_mb!r}") from None
+    names = _names(service)
+    _verify("watch", host, json,
+            lambda s, ev: verify.watch(s, float(seconds), names, floor, float(interval), ev),
+            lambda h: select_services(h, names))
+
+
+@task(name="all", auto_shortflags=False, help={"host": HOST_HELP, "json": JSON_HELP})
+@errors_to_exit
+def verify_all(c, host=None, json=False):
+    """Every check hosts.toml declares for the host's services, in order (deploy's verify step)."""
+    from ops import verify
+
+    _verify("all", host, json, lambda s, ev: verify.verify_all(s, ev))
+
+
+verify = Collection("verify", verify_tree, verify_restart, verify_orphans, verify_health, verify_heartbeat,
+                    verify_watch, verify_all)
+ns.add_collection(verify)

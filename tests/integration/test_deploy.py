@@ -333,3 +333,87 @@ def test_rollback_task_returns_to_the_previous_commit(tmp_path, sshd, repo, clea
     assert r.returncode == 0, r.stdout + r.stderr
     inv = inventory.load(inv_path)
     wait_until(lambda: health_commit(inv, "box") == first, timeout=5)
+
+
+SLOW = """
+[services.slow]
+cmd = "python3 late_ready.py --delay 2"
+log = "${state_dir}/logs/slow.log"
+ready.log = "^ready"
+ready.timeout = 10
+stop_timeout = 2
+"""
+
+
+def slow_setup(tmp_path: Path, sshd, repo: Path) -> Path:
+    shutil.copy(REPO_ROOT / "tests/fixtures/services/late_ready.py", repo / "late_ready.py")
+    git(repo, "add", "late_ready.py")
+    git(repo, "commit", "-qm", "slow service")
+    path = tmp_path / "hosts.toml"
+    path.write_text(
+        f'[ssh]\nconfig = "{sshd.ssh_config_path}"\n[hosts.box]\nssh = "opstest"\n'
+        f'path = "{tmp_path / "hosts/box/checkout"}"\nstate_dir = "{tmp_path / "hosts/box/state"}"\n'
+        f'services = ["slow"]\n' + SLOW)
+    return path
+
+
+def start_deploy(inv_path: Path, repo: Path) -> subprocess.Popen[str]:
+    env = dict(os.environ, OPS_INVENTORY=str(inv_path), OPS_JOURNAL=str(inv_path.parent / "j.jsonl"))
+    return subprocess.Popen([sys.executable, "-m", "invoke", "--search-root", str(REPO_ROOT), "deploy"],
+                            cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def lock_holder_when_booting(tmp_path: Path) -> int:
+    """Wait until the deploy is inside its start step; return the pid of the agent holding the lock."""
+    lock = tmp_path / "hosts/box/state/deploy.lock"
+    log = tmp_path / "hosts/box/state/logs/slow.log"
+    wait_until(lambda: log.exists() and "booting" in log.read_text(), timeout=20)
+    return json.loads(lock.read_text())["agent_pid"]
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+
+
+def test_ctrl_c_stops_after_the_current_step_and_releases_the_lock(tmp_path, sshd, repo, cleanup_hosts):
+    inv_path = slow_setup(tmp_path, sshd, repo)
+    cleanup_hosts(inv_path)
+    proc = start_deploy(inv_path, repo)
+    try:
+        agent = lock_holder_when_booting(tmp_path)
+        proc.send_signal(2)  # SIGINT, as Ctrl-C in a terminal
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out + err
+    assert "interrupted" in out
+    assert not (tmp_path / "hosts/box/state/deploy.lock").exists()
+    wait_until(lambda: gone(agent), timeout=10, message="the agent left on the host")
+    entries = [json.loads(x) for x in (tmp_path / "hosts/box/state/journal.jsonl").read_text().splitlines()]
+    assert entries[-1]["outcome"] == "interrupted"
+    assert [s["name"] for s in entries[-1]["steps"]] == ["deliver", "stop", "start"]
+
+
+def test_a_dropped_connection_finishes_the_step_on_the_host_and_a_rerun_converges(
+        tmp_path, sshd, repo, cleanup_hosts):
+    inv_path = slow_setup(tmp_path, sshd, repo)
+    cleanup_hosts(inv_path)
+    proc = start_deploy(inv_path, repo)
+    agent = lock_holder_when_booting(tmp_path)
+    proc.kill()  # the client vanishes mid-step: its SSH connection drops
+    proc.communicate(timeout=10)
+    # the host finishes the start it was handed, then the agent releases the lock and exits
+    log = tmp_path / "hosts/box/state/logs/slow.log"
+    wait_until(lambda: "ready" in log.read_text().split("booting", 1)[1], timeout=15)
+    wait_until(lambda: gone(agent), timeout=15, message="the agent left on the host")
+    assert not (tmp_path / "hosts/box/state/deploy.lock").exists()
+    r = run_inv(inv_path, repo, "deploy")
+    assert r.returncode == 0, r.stdout + r.stderr
+    inv = inventory.load(inv_path)
+    with connect(inv, inv.hosts["box"]) as s:
+        assert [x["state"] for x in control.status(s)] == ["running"]
