@@ -174,7 +174,7 @@ class Inventory:
     groups: Mapping[str, tuple[str, ...]]
     ssh_config: str | None = None
     known_hosts: str | None = None
-    preflight: Mapping[str, Any] = field(default_factory=dict)
+    preflight: Preflight = field(default_factory=lambda: Preflight())  # [preflight], parsed below
 
     def host(self, name: str) -> Host:
         return self.hosts[name]
@@ -431,7 +431,7 @@ def parse(data: Mapping[str, Any], path: str, base_dir: Path | None = None) -> I
                 )
         groups[gname] = tuple(members)
 
-    preflight = data.get("preflight", {})
+    preflight = _build_preflight(ctx, data.get("preflight", {}), hosts, groups, base)
     return Inventory(
         path=path,
         hosts=hosts,
@@ -439,6 +439,181 @@ def parse(data: Mapping[str, Any], path: str, base_dir: Path | None = None) -> I
         ssh_config=_expand_local(ssh["config"], base) if "config" in ssh else None,
         known_hosts=_expand_local(ssh["known_hosts"], base) if "known_hosts" in ssh else None,
         preflight=preflight,
+    )
+
+
+# --- [preflight] --------------------------------------------------------------------------------
+# The checks `inv preflight` runs before a PR (ops/preflight.py runs them). Validated here like the
+# rest of the file: unknown keys rejected, every error names `preflight.KEY`.
+
+PREFLIGHT_RUNNERS = ("pytest", "regex")
+DEFAULT_PREFLIGHT_TEST_TIMEOUT = 600.0
+
+
+@dataclass(frozen=True)
+class PreflightTest:
+    host: str
+    cmd: str  # run by sh on the host, in cwd; a plain command (secrets belong in files on the host)
+    cwd: str = "."  # relative to the host's checkout
+    name: str | None = None
+    runner: str = "pytest"  # "pytest": read its summary line; "regex": exit code + optional regex
+    expect_passed: int | None = None
+    expect_regex: str | None = None
+    timeout: float = DEFAULT_PREFLIGHT_TEST_TIMEOUT
+
+
+@dataclass(frozen=True)
+class Preflight:
+    base: str = "origin/main"
+    repo: str | None = None  # the local checkout to check (default: the current directory)
+    commits: int | None = None  # exact count of commits ahead of base
+    expect_commits: tuple[str, ...] = ()  # (short) ids that must all be ahead of base
+    only_expected: bool = False  # and no other commits
+    clean: bool = True
+    max_files: int | None = None
+    max_insertions: int | None = None
+    max_deletions: int | None = None
+    same_head: bool = False  # remote checkouts must be at the local HEAD
+    health: tuple[str, ...] = ()  # host names (or groups) whose services must be healthy
+    tests: tuple[PreflightTest, ...] = ()
+
+
+PREFLIGHT_KEYS: dict[str, Checker] = {
+    "base": _is_str,
+    "repo": _is_str,
+    "commits": _is_int,
+    "expect_commits": _is_str_list,
+    "only_expected": _is_bool,
+    "clean": _is_bool,
+    "max_files": _is_int,
+    "max_insertions": _is_int,
+    "max_deletions": _is_int,
+    "same_head": _is_bool,
+    "health": _is_str_list,
+    "tests": lambda v: isinstance(v, list),
+}
+PREFLIGHT_TEST_KEYS: dict[str, Checker] = {
+    "host": _is_str,
+    "cmd": _is_str,
+    "cwd": _is_str,
+    "name": _is_str,
+    "runner": _is_str,
+    "expect_passed": _is_int,
+    "expect_regex": _is_str,
+    "timeout": _is_num,
+}
+_COMMIT_ID_RE = re.compile(r"^[0-9a-fA-F]{4,40}$")
+
+
+def _build_preflight(
+    ctx: _Ctx,
+    table: Mapping[str, Any],
+    hosts: Mapping[str, Host],
+    groups: Mapping[str, tuple[str, ...]],
+    base: Path,
+) -> Preflight:
+    def fail(key: str, message: str, advice: str = "") -> InventoryError:
+        return ctx.fail(f"preflight.{key}", message, advice)
+
+    for key, value in table.items():
+        if key not in PREFLIGHT_KEYS:
+            close = difflib.get_close_matches(key, list(PREFLIGHT_KEYS), n=1)
+            raise fail(
+                key,
+                f"unknown key '{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""),
+                f"known keys here are: {', '.join(sorted(PREFLIGHT_KEYS))}",
+            )
+        if not PREFLIGHT_KEYS[key](value):
+            kind = TYPE_NAMES.get(PREFLIGHT_KEYS[key], "a list of tables ([[preflight.tests]])")
+            raise fail(key, f"must be {kind}, got {_describe(value)}")
+    if "base" in table and not table["base"].strip():
+        raise fail("base", "must not be empty", 'e.g. base = "origin/main"')
+    for key in ("commits", "max_files", "max_insertions", "max_deletions"):
+        if key in table and table[key] < 0:
+            raise fail(key, f"must be 0 or more, got {table[key]}")
+    ids = list(table.get("expect_commits", []))
+    for cid in ids:
+        if not _COMMIT_ID_RE.match(cid):
+            raise fail("expect_commits", f"{cid!r} is not a commit id", "give hex ids, 4 to 40 digits")
+    dupes = sorted({c.lower() for c in ids if [x.lower() for x in ids].count(c.lower()) > 1})
+    if dupes:
+        raise fail("expect_commits", f"lists {', '.join(dupes)} more than once")
+    if "commits" in table and ids and table["commits"] != len(ids) and table.get("only_expected"):
+        raise fail(
+            "commits",
+            f"is {table['commits']} but only_expected allows exactly the {len(ids)} expect_commits",
+            "drop one of them",
+        )
+
+    known = f"hosts: {', '.join(hosts)}" + (f"; groups: {', '.join(groups)}" if groups else "")
+    health: list[str] = []
+    for name in table.get("health", []):
+        members = list(hosts) if name == "all" else groups.get(name, (name,) if name in hosts else None)
+        if members is None:
+            raise fail("health", f"names '{name}', which is not a host or group", known)
+        for member in members:
+            if not hosts[member].services:
+                raise fail("health", f"names host '{member}', which runs no services", "remove it")
+            if member not in health:
+                health.append(member)
+
+    tests: list[PreflightTest] = []
+    for i, t in enumerate(table.get("tests", [])):
+        key = f"tests[{i}]"
+        if not isinstance(t, dict):
+            raise fail(key, f"must be a table ([[preflight.tests]]), got {_describe(t)}")
+        ctx.check_table(f"preflight.{key}", t, PREFLIGHT_TEST_KEYS)
+        for required in ("host", "cmd"):
+            if required not in t or not t[required].strip():
+                raise fail(key, f"missing key '{required}'", "each test names its host and its command")
+        if t["host"] not in hosts:
+            raise fail(key, f"key 'host' names '{t['host']}', which is not defined", known)
+        runner = t.get("runner", "regex" if "expect_regex" in t else "pytest")
+        if runner not in PREFLIGHT_RUNNERS:
+            raise fail(key, f"key 'runner' must be \"pytest\" or \"regex\", got {runner!r}")
+        pattern = t.get("expect_regex")
+        if pattern is not None:
+            if runner != "regex":
+                raise fail(key, "key 'expect_regex' is for runner = \"regex\"", "pytest is read as is")
+            ctx.regex(f"preflight.{key}", "expect_regex", pattern)
+            if "expect_passed" in t and re.compile(pattern).groups < 1:
+                raise fail(
+                    key,
+                    "key 'expect_passed' needs a capture group in 'expect_regex' to read the count from",
+                    r'e.g. expect_regex = "OK \\((\\d+) tests\\)"',
+                )
+        elif runner == "regex" and "expect_passed" in t:
+            raise fail(key, "key 'expect_passed' with runner = \"regex\" needs 'expect_regex'")
+        if t.get("expect_passed", 0) < 0:
+            raise fail(key, f"key 'expect_passed' must be 0 or more, got {t['expect_passed']}")
+        if "timeout" in t and t["timeout"] <= 0:
+            raise fail(key, f"key 'timeout' must be more than 0, got {t['timeout']}")
+        tests.append(
+            PreflightTest(
+                host=t["host"],
+                cmd=t["cmd"],
+                cwd=t.get("cwd", "."),
+                name=t.get("name"),
+                runner=runner,
+                expect_passed=t.get("expect_passed"),
+                expect_regex=pattern,
+                timeout=float(t.get("timeout", DEFAULT_PREFLIGHT_TEST_TIMEOUT)),
+            )
+        )
+
+    return Preflight(
+        base=table.get("base", "origin/main").strip(),
+        repo=_expand_local(table["repo"], base) if "repo" in table else None,
+        commits=table.get("commits"),
+        expect_commits=tuple(ids),
+        only_expected=table.get("only_expected", False),
+        clean=table.get("clean", True),
+        max_files=table.get("max_files"),
+        max_insertions=table.get("max_insertions"),
+        max_deletions=table.get("max_deletions"),
+        same_head=table.get("same_head", False),
+        health=tuple(health),
+        tests=tuple(tests),
     )
 
 

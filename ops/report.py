@@ -374,3 +374,134 @@ def journal(rep: Reporter, host: str, entries: list[dict]) -> None:
                      f"{failed['name']}: {failed['detail']}" if failed else ""])
     rep._table(f"deploy journal of {host}", ["run", "when", "user", "outcome", "commits", "time",
                                               "failed step"], rows)
+
+# --- preflight ---------------------------------------------------------------------------------
+# Rendering of ops.preflight's PreflightReport: a table (rich/plain), JSON, and the markdown
+# "Verification" section for a PR body (deterministic: no timings, no pids).
+
+PREFLIGHT_STYLE = {"pass": "green", "fail": "bold red", "skip": "yellow"}
+
+
+def preflight_progress(rep: Reporter, result) -> None:
+    """Live progress on a terminal (stderr, so stdout stays the table / JSON / markdown)."""
+    if rep.fmt == "json" or not rep.err.isatty():
+        return
+    print(f"preflight: {result.name}: {result.status} ({result.duration:.1f}s)", file=rep.err, flush=True)
+
+
+def _preflight_summary(report) -> str:
+    n = len(report.checks)
+    if report.ok:
+        return f"All {n} pre-flight checks passed."
+    failed = report.failures
+    skipped = sum(c.status == "skip" for c in report.checks)
+    first = failed[0] if failed else next(c for c in report.checks if c.status != "pass")
+    return (
+        f"Pre-flight FAILED: {len(failed)} of {n} checks failed"
+        + (f", {skipped} not run" if skipped else "")
+        + f". First failure: {first.name}: {first.detail}"
+    )
+
+
+def preflight(rep: Reporter, report) -> None:
+    """The checks as a table (status, timing, detail), a failed run's output, then one summary line."""
+    if rep.fmt == "json":
+        rep.json(report.to_json())
+        return
+    rows = [[c.name, c.status.upper() if c.status == "fail" else c.status, f"{c.duration:.2f}s", c.detail]
+            for c in report.checks]
+    styles = [PREFLIGHT_STYLE.get(c.status) for c in report.checks]
+    rep._table(f"pre-flight of {report.repo} over {report.base}", ["check", "status", "time", "detail"],
+               rows, styles if rep.fmt == "rich" else None)
+    for c in report.checks:
+        if c.status == "fail" and c.facts.get("advice"):
+            rep.line(f"{c.name}: -> {c.facts['advice']}")
+        if c.status == "fail" and c.output:
+            rep.line(f"{c.name}: last {len(c.output)} lines of output:", "bold red")
+            for ln in c.output:
+                rep.line(f"  | {ln}")
+    rep.line(_preflight_summary(report), "green" if report.ok else "bold red")
+
+
+def _code(text: str) -> str:
+    """A markdown code span that survives backticks inside the text."""
+    text = text.replace("\n", " ")
+    fence = "`"
+    while fence in text:
+        fence += "`"
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def _verdict(c, passed_text: str) -> str:
+    if c.status == "pass":
+        return passed_text
+    if c.status == "skip":
+        return "not run"
+    return f"**FAILED**: {c.detail}"
+
+
+def preflight_markdown_text(report) -> str:
+    """The "## Verification" section for a PR body: commits, diff stat, tests, health, verdict."""
+    out = ["## Verification", ""]
+    base = report.by_kind("git.base")
+    if base:
+        b = base[0]
+        f = b.facts
+        if b.status == "pass":
+            where = f"Branch {_code(f['branch'])}" if f.get("branch") else "Detached HEAD"
+            ahead, behind = f["ahead"], f["behind"]
+            out.append(
+                f"- {where} at {_code(f['head'][:7])}: {ahead} {'commit' if ahead == 1 else 'commits'} "
+                f"ahead of {_code(report.base)}, {behind} behind (merge base {_code(f['merge_base'][:7])})"
+            )
+        else:
+            out.append(f"- Base {_code(report.base)}: {_verdict(b, '')}")
+    for c in report.by_kind("git.commits"):
+        commits = c.facts.get("commits", [])
+        head = f"- Commits ({len(commits)})" if c.status != "skip" else "- Commits"
+        out.append(head + (":" if c.status == "pass" else f": {_verdict(c, '')}"))
+        out.extend(f"  - {_code(x['id'])} {x['subject']}" for x in commits)
+    for c in report.by_kind("git.diff"):
+        stat = c.facts
+        text = (
+            f"{stat['files']} {'file' if stat['files'] == 1 else 'files'} changed, "
+            f"{stat['insertions']} insertion{'' if stat['insertions'] == 1 else 's'}(+), "
+            f"{stat['deletions']} deletion{'' if stat['deletions'] == 1 else 's'}(-)"
+            if "files" in stat
+            else ""
+        )
+        out.append(f"- Diff stat vs the merge base: {_verdict(c, text)}")
+    for c in report.by_kind("git.clean"):
+        out.append(f"- Working tree: {_verdict(c, 'clean')}")
+    heads = report.by_kind("head")
+    if heads:
+        out.append("- Checkouts on the hosts:")
+        for c in heads:
+            at = _code(c.facts["remote_head"][:7]) if c.facts.get("remote_head") else "?"
+            out.append(f"  - {c.host}: {_verdict(c, f'at {at}, the branch HEAD')}")
+    tests = report.by_kind("tests")
+    if tests:
+        out.append("- Tests:")
+        for c in tests:
+            f = c.facts
+            cmd = f.get("cmd") or c.name.split(": test ", 1)[-1]
+            where = f" (in {_code(f['cwd'])})" if f.get("cwd") not in (None, "", ".") else ""
+            out.append(f"  - {c.host}: {_code(cmd)}{where} — {_verdict(c, str(f.get('result', 'passed')))}")
+    health = report.by_kind("health")
+    if health:
+        out.append("- Health:")
+        for c in health:
+            f = c.facts
+            svc = f.get("service") or c.name.split(": health ", 1)[-1]
+            line = f.get("last_line")
+            last = f"; last log line: {_code(line[:200])}" if line else ""
+            passed = f"{f.get('result', 'healthy')}{last}"
+            out.append(f"  - {c.host}: {svc} — {_verdict(c, passed)}")
+    out += ["", f"**{_preflight_summary(report)}**" if not report.ok else _preflight_summary(report)]
+    return "\n".join(out) + "\n"
+
+
+def preflight_markdown(rep: Reporter, report) -> None:
+    rep.out.write(preflight_markdown_text(report))
+    rep.out.flush()
