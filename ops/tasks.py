@@ -203,11 +203,11 @@ def _deploy(host, json, rollback_only=False, **opts):
     targets = resolve_hosts(inv, host)
     rep = report.Reporter(report.choose_format(json))
     options = dep.DeployOptions(**opts)
-    results = dep.deploy(
-        inv, targets, options, on_step=lambda h, st: report.deploy_step(rep, h, st),
-        rollback_only=rollback_only,
-        on_interrupt=lambda: rep.line("interrupted: each host stops after its current step and releases "
-                                      "its lock (Ctrl-C again to abandon them)", "bold yellow"))
+    with report.DeployProgress(rep, [h.name for h in targets]) as progress:
+        results = dep.deploy(
+            inv, targets, options, on_step=progress.step, rollback_only=rollback_only,
+            on_interrupt=lambda: rep.line("interrupted: each host stops after its current step and "
+                                          "releases its lock (Ctrl-C again to abandon them)", "bold yellow"))
     report.deploy_summary(rep, results)
     code = dep.exit_code(results)
     if code:
