@@ -505,3 +505,48 @@ def preflight_markdown_text(report) -> str:
 def preflight_markdown(rep: Reporter, report) -> None:
     rep.out.write(preflight_markdown_text(report))
     rep.out.flush()
+
+
+class DeployProgress:
+    """Steps per host as they finish: a live table on a terminal, one line per step when piped."""
+
+    def __init__(self, rep: Reporter, hosts: list[str]) -> None:
+        self.rep = rep
+        self.steps: dict[str, list] = {h: [] for h in hosts}
+        self.started = time.monotonic()
+        self.live = None
+
+    def _render(self):
+        from rich.table import Table
+
+        t = Table(title=f"deploy ({time.monotonic() - self.started:.1f}s)", title_justify="left")
+        t.add_column("host")
+        t.add_column("steps")
+        for host, steps in self.steps.items():
+            cells = [f"[{'green' if s.ok else 'bold red'}]{s.name} {'ok' if s.ok else 'FAILED'} "
+                     f"{s.duration:.2f}s[/]" for s in steps]
+            t.add_row(host, " · ".join(cells) or "[dim]connecting...[/]")
+        return t
+
+    def __enter__(self) -> DeployProgress:
+        if self.rep.fmt == "rich":
+            from rich.live import Live
+
+            self.live = Live(self._render(), console=self.rep.console, refresh_per_second=8)
+            self.live.__enter__()
+        return self
+
+    def step(self, host: str, step) -> None:
+        self.steps.setdefault(host, []).append(step)
+        if self.live is not None:
+            self.live.update(self._render())
+            if not step.ok:
+                self.rep.console.print(f"{host}: {step.name} FAILED: {step.detail}", style="bold red",
+                                       markup=False)
+        else:
+            deploy_step(self.rep, host, step)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live is not None:
+            self.live.update(self._render())
+            self.live.__exit__(None, None, None)
