@@ -603,7 +603,7 @@ def _build_preflight(
 
     return Preflight(
         base=table.get("base", "origin/main").strip(),
-        repo=_expand_local(table["repo"], base) if "repo" in table else None,
+        repo=os.path.normpath(_expand_local(table["repo"], base)) if "repo" in table else None,
         commits=table.get("commits"),
         expect_commits=tuple(ids),
         only_expected=table.get("only_expected", False),

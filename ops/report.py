@@ -410,6 +410,10 @@ def preflight(rep: Reporter, report) -> None:
         return
     rows = [[c.name, c.status.upper() if c.status == "fail" else c.status, f"{c.duration:.2f}s", c.detail]
             for c in report.checks]
+    if rep.fmt == "rich":  # details quote file names, output and TOML: never read them as markup
+        from rich.markup import escape
+
+        rows = [[escape(v) for v in r] for r in rows]
     styles = [PREFLIGHT_STYLE.get(c.status) for c in report.checks]
     rep._table(f"pre-flight of {report.repo} over {report.base}", ["check", "status", "time", "detail"],
                rows, styles if rep.fmt == "rich" else None)

@@ -96,7 +96,7 @@ expect_passed = 12
     )
     assert inv.preflight == Preflight(
         base="upstream/main",
-        repo=str(tmp_path / "../her-os"),
+        repo=str(tmp_path.parent / "her-os"),
         commits=2,
         expect_commits=("a1b2c3d", "9988776"),
         only_expected=True,
@@ -124,6 +124,15 @@ expect_passed = 12
             ),
         ),
     )
+
+
+def test_the_readme_example_is_a_valid_preflight_table(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("## Preflight") :]
+    example = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    pf = load(tmp_path, example).preflight
+    assert pf.tests[0].expect_passed == 40 and pf.tests[1].runner == "regex"
+    assert pf.health == ("panda",) and pf.same_head is True
 
 
 def test_health_all_means_every_host_with_services(tmp_path: Path) -> None:
@@ -609,3 +618,11 @@ def test_json_has_every_check_and_the_exit_code() -> None:
     assert data["summary"] == {"pass": 4, "fail": 1, "skip": 1}
     assert [c["status"] for c in data["checks"]] == ["pass", "pass", "pass", "pass", "fail", "skip"]
     assert data["checks"][4]["output"][-1] == "39 passed, 1 failed in 3.0s"
+
+
+def test_rich_table_does_not_read_details_as_markup() -> None:
+    rep = sample_report()
+    rep.checks[2].detail = "[bold]x[/bold] in [preflight]"
+    out = io.StringIO()
+    report.preflight(report.Reporter("rich", out=out), rep)
+    assert "[bold]x[/bold] in [preflight]" in out.getvalue()
