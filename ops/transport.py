@@ -11,6 +11,9 @@ key: refuse); TCP_NODELAY is set (paramiko does not, and Nagle costs ~40 ms per 
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import logging
 import math
 import os
 import select
@@ -195,13 +198,18 @@ class LocalTransport:
 
 _known_hosts_lock = threading.Lock()
 
+# paramiko's transport thread logs handshake failures (with a traceback) at ERROR; with no handler
+# configured Python prints them on stderr. The failure reaches the user as an Unreachable instead.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+
 
 def _accept_new_policy(path: str):
     import paramiko
 
     class AcceptNew(paramiko.MissingHostKeyPolicy):
-        """OpenSSH's StrictHostKeyChecking=accept-new: record unknown keys; changed keys are
-        refused by paramiko itself (BadHostKeyException)."""
+        """OpenSSH's StrictHostKeyChecking=accept-new: record the key of a host never seen before.
+        paramiko itself refuses a host whose key differs from a known one, of the same type or
+        not (BadHostKeyException), and only calls this for hosts with no known key at all."""
 
         def missing_host_key(self, client, hostname, key):  # noqa: ANN001
             with _known_hosts_lock:
@@ -236,7 +244,6 @@ class SSHTransport:
         return os.path.expanduser(path)
 
     def open(self) -> None:
-        import paramiko
         from fabric import Connection
 
         assert self.host.ssh is not None
@@ -254,37 +261,73 @@ class SSHTransport:
                 f"cannot set up SSH to {self.host.ssh!r}: {exc}",
                 "check the ssh value in hosts.toml and your ~/.ssh/config",
             ) from exc
+        kh = self._trust(conn)
+        # ProxyJump hops are Connections fabric made from the ssh_config: give them the same
+        # host-key policy and timeouts (fabric's defaults: accept any key, wait forever).
+        hop = conn.gateway
+        while isinstance(hop, Connection):
+            hop.connect_timeout = timeout
+            hop.connect_kwargs.update(banner_timeout=timeout, auth_timeout=timeout)
+            self._trust(hop)
+            hop = hop.gateway
+        target = f"{conn.user}@{conn.host}:{conn.port}"
+        if isinstance(conn.gateway, Connection):
+            target += f" (via ProxyJump {conn.gateway.user}@{conn.gateway.host}:{conn.gateway.port})"
+        try:
+            conn.open()
+        except Exception as exc:
+            _close_hops(conn)  # a ProxyJump hop may be open even when the last hop failed
+            raise self._connect_error(exc, kh, target, timeout) from None
+        hop = conn
+        while hop is not None and hop.transport is not None:  # the first hop owns the TCP socket
+            sock = getattr(hop.transport, "sock", None)
+            if isinstance(sock, socket.socket):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            hop.transport.set_keepalive(15)
+            hop = hop.gateway if isinstance(hop.gateway, Connection) else None
+        self.conn = conn
+
+    def _connect_error(self, exc: Exception, kh: str, target: str, timeout: int) -> Exception:
+        """paramiko's and the socket's exceptions -> the OpsError a person can act on."""
+        import paramiko
+
+        if isinstance(exc, paramiko.BadHostKeyException):
+            return HostKeyChanged(
+                self.host.name,
+                f"host key for {exc.hostname} has CHANGED (got {exc.key.get_name()} "
+                f"{fingerprint(exc.key)}, known_hosts {kh} has another); "
+                f"refusing to connect to {target}",
+            )
+        if isinstance(exc, paramiko.AuthenticationException):
+            return Unreachable(
+                self.host.name,
+                f"authentication to {target} failed: {exc}",
+                "check IdentityFile/User for this host in ~/.ssh/config",
+            )
+        text = str(exc)
+        if isinstance(exc, paramiko.SSHException) and ("banner" in text or text == "No existing session"):
+            # paramiko's handshake timeout surfaces as one of these (whichever timer fires first)
+            return Unreachable(
+                self.host.name,
+                f"{target} accepted the TCP connection but did not complete the SSH handshake "
+                f"within {timeout}s",
+                "is an SSH server answering on that port? check HostName/Port in your ssh_config",
+            )
+        if isinstance(exc, TimeoutError):
+            return Unreachable(self.host.name, f"connect to {target} timed out after {timeout}s")
+        if isinstance(exc, OSError | paramiko.SSHException | EOFError):
+            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+            return Unreachable(self.host.name, f"cannot connect to {target}: {reason}")
+        return exc
+
+    def _trust(self, conn) -> str:
+        """Load the connection's known_hosts and apply accept-new to it; return the file."""
         kh = self.known_hosts_path(conn)
         Path(kh).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         Path(kh).touch(mode=0o600, exist_ok=True)
         conn.client.load_host_keys(kh)
         conn.client.set_missing_host_key_policy(_accept_new_policy(kh))
-        target = f"{conn.user}@{conn.host}:{conn.port}"
-        try:
-            conn.open()
-        except paramiko.BadHostKeyException as exc:
-            raise HostKeyChanged(
-                self.host.name,
-                f"host key for {target} has CHANGED (got {exc.key.get_name()} "
-                f"{exc.key.get_fingerprint().hex()[:16]}..., known_hosts {kh} has another); "
-                "refusing to connect",
-            ) from None
-        except paramiko.AuthenticationException as exc:
-            raise Unreachable(
-                self.host.name,
-                f"authentication to {target} failed: {exc}",
-                "check IdentityFile/User for this host in ~/.ssh/config",
-            ) from None
-        except TimeoutError as exc:
-            raise Unreachable(self.host.name, f"connect to {target} timed out after {timeout}s") from exc
-        except (OSError, paramiko.SSHException, EOFError) as exc:
-            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-            raise Unreachable(self.host.name, f"cannot connect to {target}: {reason}") from None
-        sock = getattr(conn.transport, "sock", None)
-        if isinstance(sock, socket.socket):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn.transport.set_keepalive(15)
-        self.conn = conn
+        return kh
 
     def channel(self, command: str) -> Channel:
         import paramiko
@@ -300,12 +343,28 @@ class SSHTransport:
         return SSHChannel(chan, self.host.name)
 
     def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            _close_hops(conn)
 
     def describe(self) -> str:
         return f"ssh {self.host.ssh}"
+
+
+def fingerprint(key) -> str:
+    """A host key's fingerprint as OpenSSH prints it (ssh-keygen -lf): SHA256:base64."""
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def _close_hops(conn) -> None:
+    """Close a Connection and its ProxyJump hops (fabric closes only the last one)."""
+    from fabric import Connection
+
+    hop = conn
+    while isinstance(hop, Connection):
+        hop.close()
+        hop = hop.gateway
 
 
 def for_host(host: Host, inventory: Inventory) -> LocalTransport | SSHTransport:
