@@ -81,6 +81,7 @@ class Service:
     heartbeat: Heartbeat | None = None
     max_instances: int | None = None
     restart: Restart = field(default_factory=Restart)
+    checks: tuple[str, ...] = ()  # what `verify.all` runs for it, in order (VERIFY_CHECKS); () = default
 
     @property
     def supervised(self) -> bool:
@@ -151,6 +152,7 @@ class Host:
     command_timeout: float = DEFAULT_COMMAND_TIMEOUT
     branch: str | None = None
     remote: str = "origin"
+    min_mem_available_mb: float | None = None  # verify.watch fails below this much MemAvailable
 
     @property
     def local(self) -> bool:
@@ -252,6 +254,7 @@ HOST_KEYS: dict[str, Checker] = {
     "branch": _is_str,
     "remote": _is_str,
     "overrides": _is_table,
+    "min_mem_available_mb": _is_num,
 }
 SERVICE_KEYS: dict[str, Checker] = {
     "cmd": _is_str,
@@ -277,7 +280,10 @@ SERVICE_KEYS: dict[str, Checker] = {
     "stable_after": _is_num,
     "breaker": _is_int,
     "min_uptime": _is_num,
+    "checks": _is_str_list,
 }
+# `checks` values: the verification steps of ops/verify.py ("restart" kills the child: opt-in only).
+VERIFY_CHECKS = ("tree", "restart", "health", "heartbeat", "instances", "orphans")
 READY_KEYS: dict[str, Checker] = {
     "log": _is_str,
     "port": _is_bool,
@@ -810,7 +816,15 @@ def _build_host(
         command_timeout=float(DEFAULT_COMMAND_TIMEOUT if command_timeout is None else command_timeout),
         branch=table.get("branch"),
         remote=table.get("remote", "origin"),
+        min_mem_available_mb=_min_mem(ctx, where, table),
     )
+
+
+def _min_mem(ctx: _Ctx, where: str, table: Mapping[str, Any]) -> float | None:
+    value = table.get("min_mem_available_mb")
+    if value is not None and value <= 0:
+        raise ctx.fail(where, f"key 'min_mem_available_mb' must be a positive number of MB, got {value}")
+    return value
 
 
 def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -978,7 +992,42 @@ def _build_service(
         heartbeat=heartbeat,
         max_instances=t.get("max_instances"),
         restart=restart,
+        checks=_verify_checks(ctx, where, t, supervised_by, health, heartbeat),
     )
+
+
+def _verify_checks(
+    ctx: _Ctx,
+    where: str,
+    t: Mapping[str, Any],
+    supervised_by: str | None,
+    health: Health | None,
+    heartbeat: Heartbeat | None,
+) -> tuple[str, ...]:
+    """`checks = [...]`: known names, each backed by what it checks (a supervisor, a health...)."""
+    checks = tuple(t.get("checks", ()))
+    needs = {
+        "restart": (supervised_by, "a supervisor (supervised_by, or its supervisor's children)"),
+        "health": (health, "a health check (health = {...})"),
+        "heartbeat": (heartbeat, "a heartbeat (heartbeat = {...})"),
+        "instances": (t.get("max_instances"), "max_instances"),
+    }
+    for check in checks:
+        if check not in VERIFY_CHECKS:
+            close = difflib.get_close_matches(check, VERIFY_CHECKS, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ctx.fail(
+                where,
+                f"key 'checks' names unknown check '{check}'{hint}",
+                f"known checks: {', '.join(VERIFY_CHECKS)}",
+            )
+        if check in needs and needs[check][0] is None:
+            raise ctx.fail(
+                where, f"key 'checks' lists '{check}' but the service declares no {needs[check][1]}"
+            )
+    if len(set(checks)) != len(checks):
+        raise ctx.fail(where, "key 'checks' lists a check twice")
+    return checks
 
 
 def _start_order(ctx: _Ctx, where: str, services: Mapping[str, Service]) -> list[str]:

@@ -511,6 +511,173 @@ def preflight_markdown(rep: Reporter, report) -> None:
     rep.out.flush()
 
 
+# --- verify ------------------------------------------------------------------------------------
+
+
+def _verify_time(c: dict[str, Any]) -> str:
+    if c.get("ms") is not None:
+        return f"{c['ms']:.1f}ms"
+    if c.get("restart_time") is not None:
+        return f"{c['restart_time']:.2f}s"
+    return f"{c['elapsed']:.2f}s" if c.get("elapsed") is not None else "-"
+
+
+def _mb(value: int | None) -> str:
+    return "-" if value is None else f"{value // (1024 * 1024)} MB"
+
+
+class VerifyProgress:
+    """Live progress of a verify phase: a line per finished check or restart step, and the
+    verify.watch samples as they arrive (a live table on a terminal, a line each when piped).
+    Events come from one thread per host, hence the lock."""
+
+    def __init__(self, rep: Reporter, checks: bool = False) -> None:
+        import threading
+
+        self.rep = rep
+        self.checks = checks  # a line per finished check (for long phases such as verify.all)
+        self.lock = threading.Lock()
+        self.samples: list[tuple[str, dict[str, Any]]] = []
+        self.live: Any = None
+
+    def event(self, host: str, event: dict[str, Any]) -> None:
+        if self.rep.fmt == "json":
+            return
+        kind = event.get("event")
+        with self.lock:
+            if kind == "sample":
+                self._sample(host, event["sample"])
+            elif kind == "check" and self.checks:
+                c = event["check"]
+                self.rep.line(
+                    f"{host}: {c['service'] or '-'} {c['name']}: {'ok' if c['ok'] else 'FAILED'} "
+                    f"({_verify_time(c)}) - {c['detail']}",
+                    "green" if c["ok"] else "bold red",
+                )
+            elif kind == "progress":
+                self.rep.line(f"{host}: {event.get('service') or '-'}: {event.get('message', '')}")
+
+    def _sample_row(self, host: str, s: dict[str, Any]) -> list[str]:
+        counts = "  ".join(f"{k}={v}" for k, v in s["counts"].items())
+        return [host, f"{s['t']:.1f}s", _mb(s.get("mem_available")), counts]
+
+    def _sample(self, host: str, sample: dict[str, Any]) -> None:
+        self.samples.append((host, sample))
+        if self.rep.fmt != "rich":
+            self.rep.line("  ".join(self._sample_row(host, sample)))
+            return
+        from rich.live import Live
+
+        if self.live is None:
+            self.live = Live(self._samples_table(), console=self.rep.console, auto_refresh=False)
+            self.live.start()
+        self.live.update(self._samples_table(), refresh=True)
+
+    def _samples_table(self):  # type: ignore[no-untyped-def]
+        from rich.table import Table
+
+        t = Table(title="verify.watch samples", title_justify="left")
+        for col in ("host", "t", "MemAvailable", "processes matching each service"):
+            t.add_column(col)
+        for host, s in self.samples:
+            t.add_row(*self._sample_row(host, s))
+        return t
+
+    def close(self) -> None:
+        with self.lock:
+            if self.live is not None:
+                self.live.stop()
+                self.live = None
+
+
+def _evidence(rep: Reporter, host: str, c: dict[str, Any], shown: set[tuple[str, ...]]) -> None:
+    """The process tree a check judged (like pstree -p) and the processes it blames."""
+    tree = tuple(c.get("tree") or ())
+    exp = c.get("expected_parent")
+    head = f"{host}: {c['service'] or '-'} {c['name']}"
+    if exp:
+        where = f"pid {exp['pid']}" if exp.get("pid") else "not running"
+        head += f" - expected parent: {exp['service']} ({where})"
+    if tree or exp or c.get("offenders"):
+        rep.line(head + (":" if tree else ""), None if c["ok"] else "bold red")
+    if tree:
+        if (host, *tree) in shown:
+            rep.line("  (same tree as above)")
+        else:
+            shown.add((host, *tree))
+            for ln in tree:
+                rep.line("  " + ln)
+    for o in c.get("offenders") or []:
+        rep.line(f"  ! pid {o['pid']} (ppid {o['ppid']}): {o['cmd']}", "bold red")
+        rep.line(f"    {o['reason']}")
+    for g in c.get("gates") or []:
+        took = f" @{g['elapsed']:.2f}s" if g.get("elapsed") is not None else ""
+        rep.line(f"  gate {g['name']}: {'ok' if g['ok'] else 'FAILED'}{took} {g.get('detail') or ''}")
+
+
+def verify_result(rep: Reporter, kind: str, outcomes) -> None:
+    """The checks of a verify phase on every host: a table, then the evidence (trees, offenders)."""
+    ok = all(o.ok and o.value.ok for o in outcomes)
+    if rep.fmt == "json":
+        rep.json(
+            {
+                "verify": kind,
+                "ok": ok,
+                "hosts": [
+                    {**o.value.to_json(), "error": None}
+                    if o.ok
+                    else {"host": o.host, "ok": False, "error": o.error.message, "checks": []}
+                    for o in outcomes
+                ],
+            }
+        )
+        return
+    rows, styles = [], []
+    for o in outcomes:
+        if not o.ok:
+            rows.append([o.host, "-", kind, "unreachable", "-", o.error.message])
+            styles.append("red")
+            continue
+        if not o.value.checks:
+            rows.append([o.host, "-", kind, "-", "-", "nothing to check on this host"])
+            styles.append("dim")
+        for c in o.value.checks:
+            rows.append(
+                [
+                    o.host,
+                    c["service"] or "-",
+                    c["name"],
+                    "ok" if c["ok"] else "FAILED",
+                    _verify_time(c),
+                    c["detail"],
+                ]
+            )
+            styles.append("green" if c["ok"] else "bold red")
+    if rep.fmt == "rich":  # details quote regexes like [p]hone_api: never read them as markup
+        from rich.markup import escape
+
+        rows = [[escape(v) for v in r] for r in rows]
+    rep._table(
+        f"verify.{kind}",
+        ["host", "service", "check", "result", "time", "detail"],
+        rows,
+        styles if rep.fmt == "rich" else None,
+    )
+    shown: set[tuple[str, ...]] = set()
+    for o in outcomes:
+        for c in o.value.checks if o.ok else []:
+            if kind in ("tree", "restart") or not c["ok"]:
+                _evidence(rep, o.host, c, shown)
+    checks = [c for o in outcomes if o.ok for c in o.value.checks]
+    failed = sum(not c["ok"] for c in checks)
+    unreachable = sum(not o.ok for o in outcomes)
+    rep.line(
+        f"verify.{kind}: {len(checks) - failed} passed, {failed} failed"
+        + (f", {unreachable} host(s) unreachable" if unreachable else ""),
+        "green" if ok else "bold red",
+    )
+
+
 class DeployProgress:
     """Steps per host as they finish: a live table on a terminal, one line per step when piped."""
 

@@ -17,7 +17,7 @@ import sys
 import time
 import traceback
 
-from . import deployops, procs
+from . import checks, deployops, procs
 from .gates import tail_lines
 from .lifecycle import Lifecycle
 from .state import expand
@@ -144,6 +144,7 @@ OPS = {
 
 
 OPS.update(deployops.OPS)
+OPS.update(checks.OPS)
 
 
 def register(name, fn):
