@@ -159,6 +159,49 @@ def plan(s: Settings, inv: Inventory) -> list[CheckSpec]:
     return checks
 
 
+def describe(spec: CheckSpec, s: Settings, inv: Inventory) -> str:
+    """What a planned check will verify, in words (for --dry-run)."""
+    if spec.kind == "git.base":
+        return f"{s.base} names a commit in {s.repo}; report ahead/behind and the merge base"
+    if spec.kind == "git.commits":
+        wants = []
+        if s.commits is not None:
+            wants.append(f"exactly {s.commits} commits ahead")
+        if s.expect:
+            wants.append(
+                f"contains {', '.join(s.expect)}" + (" and no other commit" if s.only_expected else "")
+            )
+        return "; ".join(wants) or "list the commits ahead (no expectation declared)"
+    if spec.kind == "git.clean":
+        return "no uncommitted or untracked files"
+    if spec.kind == "git.diff":
+        bounds = [
+            f"{label} <= {b}"
+            for label, b in (
+                ("files", s.max_files),
+                ("insertions", s.max_insertions),
+                ("deletions", s.max_deletions),
+            )
+            if b is not None
+        ]
+        return "diff stat from the merge base: " + (", ".join(bounds) or "report only (no bounds)")
+    host = inv.host(spec.host or "")
+    if spec.kind == "head":
+        return f"{host.path} is at the local HEAD"
+    if spec.kind == "health":
+        svc = host.service(spec.service or "")
+        what = f"health {svc.health.url}" if svc.health else "no health check declared"
+        return f"{svc.name} running; {what}; last log line"
+    t = spec.test
+    assert t is not None
+    if t.runner == "regex":
+        want = f"/{t.expect_regex}/" + (f" with {t.expect_passed}" if t.expect_passed is not None else "")
+        want = "exit 0" + (f" and {want}" if t.expect_regex else "")
+    else:
+        want = "exit 0" + (f" and exactly {t.expect_passed} passed" if t.expect_passed is not None else "")
+    return f"in {t.cwd}: `{t.cmd}`: {want} (timeout {t.timeout:g}s)"
+
+
 # --- results ------------------------------------------------------------------------------------
 
 

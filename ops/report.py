@@ -375,6 +375,7 @@ def journal(rep: Reporter, host: str, entries: list[dict]) -> None:
     rep._table(f"deploy journal of {host}", ["run", "when", "user", "outcome", "commits", "time",
                                               "failed step"], rows)
 
+
 # --- preflight ---------------------------------------------------------------------------------
 # Rendering of ops.preflight's PreflightReport: a table (rich/plain), JSON, and the markdown
 # "Verification" section for a PR body (deterministic: no timings, no pids).
@@ -387,6 +388,27 @@ def preflight_progress(rep: Reporter, result) -> None:
     if rep.fmt == "json" or not rep.err.isatty():
         return
     print(f"preflight: {result.name}: {result.status} ({result.duration:.1f}s)", file=rep.err, flush=True)
+
+
+def preflight_starting(rep: Reporter, spec) -> None:
+    """On a terminal, say when a slow check (a remote test run) starts."""
+    if rep.fmt == "json" or spec.kind != "tests" or not rep.err.isatty():
+        return
+    print(f"preflight: {spec.name}: running (up to {spec.test.timeout:g}s) ...", file=rep.err, flush=True)
+
+
+def preflight_plan(rep: Reporter, plan: list[tuple]) -> None:
+    """--dry-run: the checks that would run, in order, and what each verifies. plan: (spec, what)."""
+    if rep.fmt == "json":
+        rep.json({"plan": [{"name": c.name, "kind": c.kind, "host": c.host, "what": what}
+                           for c, what in plan]})
+        return
+    rows = [[str(i), c.name, what] for i, (c, what) in enumerate(plan, 1)]
+    if rep.fmt == "rich":
+        from rich.markup import escape
+
+        rows = [[escape(v) for v in r] for r in rows]
+    rep._table("pre-flight plan (nothing run)", ["#", "check", "verifies"], rows)
 
 
 def _preflight_summary(report) -> str:

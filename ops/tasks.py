@@ -278,13 +278,14 @@ PREFLIGHT_HELP = {
     "json": JSON_HELP,
     "host": "restrict the remote checks to these hosts (name, comma list, group)",
     "repo": "the local checkout to check (default: [preflight] repo, else the current directory)",
+    "dry-run": "list the checks and what each verifies; run nothing",
 }
 
 
 @task(auto_shortflags=False, help=PREFLIGHT_HELP)
 @errors_to_exit
 def preflight(c, base=None, commits=None, expect=None, keep_going=False, markdown=False, json=False,
-              host=None, repo=None):
+              host=None, repo=None, dry_run=False):
     """Checks before a PR: commits, clean tree, diff size, remote health and test counts.
 
     Stops at the first failing check (--keep-going runs all); exit 0 only if every check passed.
@@ -298,7 +299,12 @@ def preflight(c, base=None, commits=None, expect=None, keep_going=False, markdow
     inv = _inventory()
     settings = pf.settings(inv, repo=repo, base=base, commits=commits, expect=expect, host=host)
     rep = report.Reporter(report.choose_format(json))
+    if dry_run:
+        checks = pf.plan(settings, inv)
+        report.preflight_plan(rep, [(spec, pf.describe(spec, settings, inv)) for spec in checks])
+        return
     result = pf.run(inv, settings, keep_going=keep_going,
+                    on_start=lambda spec: report.preflight_starting(rep, spec),
                     on_result=lambda r: report.preflight_progress(rep, r))
     if markdown:
         report.preflight_markdown(rep, result)

@@ -538,3 +538,22 @@ def test_inv_preflight_refuses_a_directory_that_is_not_a_checkout(
     )
     assert p.returncode == 2
     assert "not a git checkout" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_inv_preflight_dry_run_lists_the_checks_and_touches_no_host(
+    scene: Scene, sshd: SshServer, box: Box
+) -> None:
+    toml = preflight_toml(scene.origin, health='["dead", "box"]')
+    write_inventory(scene.inventory, sshd, box, scene.box_path, toml)
+    (scene.laptop / "notes.txt").write_text("dirty, but nothing runs\n")
+    p = run_inv(scene, "--dry-run", "--json")
+    assert p.returncode == 0, p.stdout + p.stderr
+    plan = json.loads(p.stdout)["plan"]
+    assert [c["name"] for c in plan] == [
+        *ALL_NAMES[:4],
+        "dead: checkout",
+        *ALL_NAMES[4:5],
+        "dead: health web",
+        *ALL_NAMES[5:],
+    ]
+    assert plan[-1]["what"] == f"in proj: `{PYTEST}`: exit 0 and exactly 18 passed (timeout 60s)"

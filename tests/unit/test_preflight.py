@@ -626,3 +626,43 @@ def test_rich_table_does_not_read_details_as_markup() -> None:
     out = io.StringIO()
     report.preflight(report.Reporter("rich", out=out), rep)
     assert "[bold]x[/bold] in [preflight]" in out.getvalue()
+
+
+def test_describe_says_what_each_planned_check_verifies(tmp_path: Path) -> None:
+    inv = load(
+        tmp_path,
+        PF.replace("commits = 2\n", "commits = 2\nonly_expected = false\nmax_files = 15\n")
+        + 'timeout = 90\n\n[[preflight.tests]]\nhost = "pi"\ncmd = "make test"\nexpect_regex = "ok"\n',
+    )
+    s = Settings(**{**vars(preflight.settings(inv, cwd="/src")), "same_head": True})
+    described = [(c.name, preflight.describe(c, s, inv)) for c in preflight.plan(s, inv)]
+    assert described == [
+        ("git: base", "origin/main names a commit in /src; report ahead/behind and the merge base"),
+        ("git: commits", "exactly 2 commits ahead; contains a1b2c3d, 9988776"),
+        ("git: clean", "no uncommitted or untracked files"),
+        ("git: diff", "diff stat from the merge base: files <= 15"),
+        ("panda: checkout", "~/her-os is at the local HEAD"),
+        ("pi: checkout", "/srv/app is at the local HEAD"),
+        ("panda: health phone", "phone running; no health check declared; last log line"),
+        ("panda: health tts", "tts running; no health check declared; last log line"),
+        ("pi: health tts", "tts running; no health check declared; last log line"),
+        ("panda: test pytest -q", "in .: `pytest -q`: exit 0 and exactly 40 passed (timeout 600s)"),
+        ("pi: test pytest -q", "in .: `pytest -q`: exit 0 (timeout 90s)"),
+        ("pi: test make test", "in .: `make test`: exit 0 and /ok/ (timeout 600s)"),
+    ]
+
+
+def test_dry_run_plan_renders_without_running(tmp_path: Path) -> None:
+    inv = load(tmp_path, PF)
+    s = preflight.settings(inv, cwd="/src")
+    out = io.StringIO()
+    report.preflight_plan(
+        report.Reporter("plain", out=out),
+        [(c, preflight.describe(c, s, inv)) for c in preflight.plan(s, inv)],
+    )
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "pre-flight plan (nothing run)"
+    assert lines[2].startswith("1  git: base  ") and lines[2].endswith(
+        "origin/main names a commit in /src; report ahead/behind and the merge base"
+    )
+    assert len(lines) == 2 + len(preflight.plan(s, inv))
