@@ -1007,9 +1007,9 @@ def _verify_checks(
     """`checks = [...]`: known names, each backed by what it checks (a supervisor, a health...)."""
     checks = tuple(t.get("checks", ()))
     needs = {
-        "restart": (supervised_by, "a supervisor (supervised_by, or its supervisor's children)"),
-        "health": (health, "a health check (health = {...})"),
-        "heartbeat": (heartbeat, "a heartbeat (heartbeat = {...})"),
+        "restart": (supervised_by, "supervisor (supervised_by, or a supervisor's children = [...])"),
+        "health": (health, "health check (health = {...})"),
+        "heartbeat": (heartbeat, "heartbeat (heartbeat = {...})"),
         "instances": (t.get("max_instances"), "max_instances"),
     }
     for check in checks:
