@@ -131,14 +131,14 @@ def default_checks(service: Service) -> list[str]:
     return out
 
 
-def plan_all(host: Host) -> list[dict[str, Any]]:
+def plan_all(host: Host, restart_timeout: float = DEFAULT_RESTART_TIMEOUT) -> list[dict[str, Any]]:
     """verify.all's steps for a host, in the order a runbook's Verification section reads."""
     steps: list[dict[str, Any]] = []
     for svc in host.services:
         for check in default_checks(svc):
             step: dict[str, Any] = {"check": check, "service": svc.name}
             if check == "restart":
-                step.update(signal=DEFAULT_SIGNAL, timeout=DEFAULT_RESTART_TIMEOUT)
+                step.update(signal=DEFAULT_SIGNAL, timeout=float(restart_timeout))
             steps.append(step)
     return steps
 
@@ -240,9 +240,14 @@ def watch(
     )
 
 
-def verify_all(session: HostSession, on_event: EventHandler | None = None) -> VerifyReport:
-    """Every check hosts.toml declares for the host's services, in order, in one agent call."""
-    steps = plan_all(session.host)
+def verify_all(
+    session: HostSession,
+    on_event: EventHandler | None = None,
+    restart_timeout: float = DEFAULT_RESTART_TIMEOUT,
+) -> VerifyReport:
+    """Every check hosts.toml declares for the host's services, in order, in one agent call.
+    (`restart_timeout` bounds each declared restart check.)"""
+    steps = plan_all(session.host, restart_timeout)
     args = session.service_args(list(session.host.services))
     args["steps"] = steps
     data = session.call("verify_all", args, on_event=on_event, timeout=steps_timeout(session.host, steps))

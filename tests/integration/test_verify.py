@@ -275,3 +275,51 @@ def test_verify_heartbeat_fails_once_the_worker_freezes(rig: Rig) -> None:
         assert not c["ok"] and c["detail"].endswith("worker-heartbeat.json does not exist")
     out = rig.inv_json("verify.heartbeat", "demo_worker", code=1)
     assert "does not exist" in out["hosts"][0]["checks"][0]["detail"]
+
+
+# --- verify.all runs what hosts.toml declares ----------------------------------------------------
+
+
+def test_verify_all_runs_a_declared_restart_and_fails_when_the_child_does_not_come_back(rig: Rig) -> None:
+    rig.write(rig.demo(api={"checks": ["tree", "restart", "health"]}))
+    with rig.session() as s:
+        rig.start(s)
+        old = api_pid(s)
+    out = rig.inv_json("verify.all", code=0)
+    got = [(c["service"], c["name"]) for c in out["hosts"][0]["checks"]]
+    assert got[:5] == [
+        ("demo_daemon", "tree"),
+        ("demo_daemon", "orphans"),
+        ("demo_api", "tree"),
+        ("demo_api", "restart"),
+        ("demo_api", "health"),
+    ]
+    assert ("demo_worker", "heartbeat") in got
+    restart = out["hosts"][0]["checks"][3]
+    assert restart["ok"] and restart["old_pid"] == old and not pid_alive(old)
+
+    # the same declaration on a daemon that does not restart its child: verify.all fails
+    with rig.session() as s:
+        control.stop(s)
+    rig.write(rig.demo(daemon_flags="--no-restart", api={"checks": ["restart", "health"]}))
+    with rig.session() as s:
+        rig.start(s)
+        report = verify.verify_all(s, restart_timeout=0.5)
+    assert not report.ok
+    assert [c["name"] for c in report.failed] == ["restart", "health"]
+    assert "no new process matching" in report.failed[0]["detail"]
+
+
+def test_one_unreachable_host_fails_alone(local_rig: Rig, sshd) -> None:
+    rig = local_rig
+    rig.write(rig.demo())
+    with rig.session() as s:
+        rig.start(s, "demo_daemon")
+    text = rig.inv_path.read_text()
+    text = f'[ssh]\nconfig = "{sshd.ssh_config_path}"\n' + text
+    text += '\n[hosts.dead]\nssh = "opsdead"\npath = "/srv"\nservices = []\nconnect_timeout = 3\n'
+    rig.inv_path.write_text(text)
+    out = rig.inv_json("verify.orphans", "--host", "all", code=1)
+    hosts = {h["host"]: h for h in out["hosts"]}
+    assert hosts["box"]["ok"] and len(hosts["box"]["checks"]) == 3
+    assert not hosts["dead"]["ok"] and hosts["dead"]["error"]
