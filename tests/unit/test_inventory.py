@@ -436,12 +436,22 @@ def test_inv_hosts_lists_a_valid_inventory(tmp_path):
 def test_the_repository_inventory_loads():
     inv = inventory.load(REPO / "hosts.toml")
     local = inv.host("local")
-    assert local.local and local.path == str(REPO)
+    assert local.local
+    assert Path(local.path).is_absolute() and Path(local.path).is_relative_to(REPO)  # relative: to the file
     assert local.service_names == ("demo_daemon", "demo_api", "demo_worker")
     api = local.service("demo_api")
     assert api.supervised_by == "demo_daemon" and api.port == 18770
     assert api.ready.port and api.ready.health
     assert local.service("demo_daemon").children == ("demo_api",)
+
+
+def test_relative_local_paths_are_taken_from_the_inventory_file(tmp_path):
+    text = BASE.replace('path = "/srv/app"', 'path = "."\nstate_dir = "state"')
+    (tmp_path / "conf").mkdir()
+    host = inventory.load(write(tmp_path / "conf", text)).host("h")
+    assert host.path == str(tmp_path / "conf")
+    assert host.state_dir == str(tmp_path / "conf" / "state")
+    assert host.service("a").log == str(tmp_path / "conf" / "state" / "logs" / "a.log")
 
 
 def test_start_order_respects_after_and_children(tmp_path):
