@@ -107,7 +107,9 @@ def restart(session: HostSession, names: list[str] | None = None, on_event=None)
 
 
 def logs(session: HostSession, service: Service, lines: int) -> dict[str, Any]:
-    return session.call("logs", {"path": service.log, "base": session.host.path, "lines": lines})
+    """The last lines of a service's log; the agent redacts the service's secrets from them."""
+    args = {"path": service.log, "base": session.host.path, "lines": lines, "service": service.to_agent()}
+    return session.call("logs", args)
 
 
 def follow(session: HostSession, service: Service, on_line, seconds: float | None = None):
@@ -117,7 +119,7 @@ def follow(session: HostSession, service: Service, on_line, seconds: float | Non
 
     return session.call(
         "follow",
-        {"path": service.log, "base": session.host.path, "seconds": seconds},
+        {"path": service.log, "base": session.host.path, "seconds": seconds, "service": service.to_agent()},
         on_event=handler,
         timeout=(seconds + MARGIN) if seconds else 10 * 365 * 86400.0,
     )

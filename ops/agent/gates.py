@@ -14,49 +14,102 @@ from . import procs
 from .secrets import Secrets
 
 
-class LogWatch:
-    """Reads lines appended to a log after a remembered (inode, offset); survives rotation."""
+class _FileTail:
+    """New complete lines of one open file from an offset; starts over at 0 if it is truncated
+    (the size drops below the offset, or the bytes just before the offset change because it was
+    truncated and written past the old offset between two reads)."""
 
-    def __init__(self, path, offset=None, inode=None):
-        self.path = path
-        if offset is None:
-            offset, inode = self.position(path)
+    MARK = 64  # bytes before the offset remembered to detect truncate-and-regrow
+    CHUNK = 4 << 20  # at most this much is read per call; the rest comes next call
+
+    def __init__(self, f, offset):
+        self.f = f
+        self.inode = os.fstat(f.fileno()).st_ino
         self.offset = offset
-        self.inode = inode
+        n = min(self.MARK, offset)
+        self.mark = os.pread(f.fileno(), n, offset - n) if n else b""
         self.partial = b""
 
-    @staticmethod
-    def position(path):
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            return 0, None
-        return st.st_size, st.st_ino
-
-    def new_lines(self):
-        """Complete lines written since the last call (the unfinished last line is kept back)."""
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
+    def lines(self):
+        fd = self.f.fileno()
+        size = os.fstat(fd).st_size
+        n = len(self.mark)
+        if size < self.offset or (n and os.pread(fd, n, self.offset - n) != self.mark):
+            self.offset, self.mark, self.partial = 0, b"", b""
+        if size <= self.offset:
             return []
-        if st.st_ino != self.inode or st.st_size < self.offset:
-            # rotated (new inode) or truncated: the new content starts at 0
-            self.inode = st.st_ino
-            self.offset = 0
-            self.partial = b""
-        if st.st_size == self.offset:
-            return []
-        with open(self.path, "rb") as f:
-            f.seek(self.offset)
-            data = f.read(st.st_size - self.offset)
+        data = os.pread(fd, min(size - self.offset, self.CHUNK), self.offset)
         self.offset += len(data)
-        data = self.partial + data
-        lines = data.split(b"\n")
+        self.mark = (self.mark + data)[-self.MARK :]
+        lines = (self.partial + data).split(b"\n")
         self.partial = lines.pop()
         return [ln.decode("utf-8", "replace") for ln in lines]
 
+    def close(self):
+        self.f.close()
+
+
+class LogWatch:
+    """The lines appended to a log after the moment this watch was created, like ``tail -F``.
+
+    The position is (inode, offset) at creation; only lines written after it are returned, in
+    order per file. Truncation (copytruncate) is handled per file (see _FileTail). When the path
+    comes to name another file (created, or the log rotated by rename), the new file is read from
+    its start, and the old one is still read: whoever writes it (a service whose stdout is that
+    file) may never reopen the path.
+    """
+
+    KEEP_ROTATED = 4
+
+    def __init__(self, path):
+        self.path = path
+        self.cur = None
+        self.rotated = []
+        try:
+            f = open(path, "rb")  # noqa: SIM115 (held open: closed by close())
+        except OSError:  # not there yet: everything it will contain is new
+            return
+        self.cur = _FileTail(f, os.fstat(f.fileno()).st_size)
+
+    @property
+    def inode(self):
+        return self.cur.inode if self.cur is not None else None
+
+    @property
+    def offset(self):
+        return self.cur.offset if self.cur is not None else 0
+
+    def new_lines(self):
+        """Complete lines written since the last call (an unfinished last line is kept back)."""
+        out = []
+        for tail in self.rotated:
+            out.extend(tail.lines())
+        if self.cur is not None:
+            out.extend(self.cur.lines())
+        try:
+            inode = os.stat(self.path).st_ino
+        except OSError:
+            return out
+        if self.cur is None or inode != self.cur.inode:
+            try:
+                f = open(self.path, "rb")  # noqa: SIM115 (held open: closed by close())
+            except OSError:
+                return out
+            if self.cur is not None:
+                self.rotated.append(self.cur)
+                while len(self.rotated) > self.KEEP_ROTATED:
+                    self.rotated.pop(0).close()
+            self.cur = _FileTail(f, 0)
+            out.extend(self.cur.lines())
+        return out
+
     def pending_partial(self):
-        return self.partial.decode("utf-8", "replace")
+        return self.cur.partial.decode("utf-8", "replace") if self.cur is not None else ""
+
+    def close(self):
+        for tail in self.rotated + ([self.cur] if self.cur is not None else []):
+            tail.close()
+        self.rotated, self.cur = [], None
 
 
 def tail_lines(path, n, since=None):
@@ -158,8 +211,12 @@ def describe_pids(table, pids):
     return ", ".join(parts) if parts else "an unknown process (not visible to this user)"
 
 
-def _short(text, n=80):
-    return text if len(text) <= n else text[: n - 3] + "..."
+def _short(text, n=160):
+    """Long command lines keep their head (the program) and their tail (its arguments)."""
+    if len(text) <= n:
+        return text
+    head = (n - 3) // 3
+    return text[:head] + "..." + text[-(n - 3 - head) :]
 
 
 def child_gate(table, parent_pid, pattern, since_epoch=None):

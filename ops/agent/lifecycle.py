@@ -63,7 +63,26 @@ class Lifecycle:
         return expand(spec["log"], self.checkout)
 
     def _tail(self, spec, since=None, n=LOG_TAIL):
-        return [self.secrets.redact(ln) for ln in tail_lines(self._log_path(spec), n, since)]
+        """The last n lines of the service's log; with since=(offset, inode), only lines written
+        after that position (the whole file if it was rotated since)."""
+        path = self._log_path(spec)
+        offset = None
+        if since is not None:
+            offset, inode = since
+            try:
+                if os.stat(path).st_ino != inode:
+                    offset = 0
+            except OSError:
+                return []
+        return [self.secrets.redact(ln) for ln in tail_lines(path, n, offset)]
+
+    def _remember_secrets(self, specs, all_specs):
+        """Every secret these services (and their children) refer to is redacted from replies."""
+        for spec in specs:
+            self.secrets.load_spec(spec)
+            for c in spec.get("children") or []:
+                if c in all_specs:
+                    self.secrets.load_spec(all_specs[c])
 
     def live_pid(self, spec, state=None):
         """(pid or None, note). The recorded pid, only if it is still the same process."""
@@ -84,8 +103,9 @@ class Lifecycle:
     # --- status ----------------------------------------------------------------------------
 
     def status(self, specs, all_specs, health=True):
+        self._remember_secrets(specs, all_specs)
         table = self._snapshot()
-        return [self._status_one(spec, all_specs, table, health) for spec in specs]
+        return [self.secrets.redact_obj(self._status_one(spec, all_specs, table, health)) for spec in specs]
 
     def _status_one(self, spec, all_specs, table, health):
         name = spec["name"]
@@ -168,6 +188,7 @@ class Lifecycle:
     # --- start -----------------------------------------------------------------------------
 
     def start(self, specs, all_specs):
+        self._remember_secrets(specs, all_specs)
         results = []
         failed = None
         for spec in specs:
@@ -180,6 +201,7 @@ class Lifecycle:
                 r = self._check_supervised(spec, all_specs[spec["supervised_by"]])
             else:
                 r = self.start_one(spec, [all_specs[c] for c in spec.get("children") or []])
+            r = self.secrets.redact_obj(r)
             self.emit({"event": "service", "phase": "start", "result": r})
             results.append(r)
             if r["outcome"] == "failed":
@@ -286,36 +308,53 @@ class Lifecycle:
                 "failed",
                 detail=("working directory %s does not exist on the host; deploy the code first" % cwd),
             )
-        log_path = self._log_path(spec)
-        os.makedirs(os.path.dirname(log_path), exist_ok=True)
-        watches = {name: LogWatch(log_path)}
-        for c in children:
-            if c.get("ready", {}).get("log"):
-                watches[c["name"]] = LogWatch(self._log_path(c))
-        offset = watches[name].offset
         try:
             argv = shlex.split(spec["cmd"])
         except ValueError as exc:
             return self._result(spec, "failed", detail="cannot parse cmd: %s" % exc)
-        logfd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        log_path = self._log_path(spec)
         try:
-            if watches[name].inode is None:
-                watches[name].inode = os.fstat(logfd).st_ino
-            try:
-                proc = subprocess.Popen(
-                    argv,
-                    cwd=cwd,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=logfd,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    close_fds=True,
-                )
-            except OSError as exc:
-                return self._result(
-                    spec, "failed", detail="cannot run %s: %s" % (argv[0], exc.strerror or exc)
-                )
+            os.makedirs(os.path.dirname(log_path), exist_ok=True)
+            # Before spawning: a state file that cannot be written would leave an untracked process.
+            self.store.mark(name, stopped=True, last_start="starting")
+        except OSError as exc:
+            return self._result(
+                spec, "failed", detail="cannot write on the host: %s: %s" % (exc.filename, exc.strerror)
+            )
+        # Log positions are taken BEFORE the spawn: only lines written after them count.
+        watches = {name: LogWatch(log_path)}
+        for c in children:
+            if (c.get("ready") or {}).get("log"):
+                watches[c["name"]] = LogWatch(self._log_path(c))
+        try:
+            return self._spawn_and_gate(spec, children, argv, cwd, env, watches, t_start, m_start)
+        finally:
+            for w in watches.values():
+                w.close()
+
+    def _spawn_and_gate(self, spec, children, argv, cwd, env, watches, t_start, m_start):
+        name = spec["name"]
+        log_path = self._log_path(spec)
+        position = (watches[name].offset, watches[name].inode)
+        try:
+            logfd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        except OSError as exc:
+            return self._result(spec, "failed", detail="cannot open log %s: %s" % (log_path, exc.strerror))
+        try:
+            if position[1] is None:  # the log is new: all of it is this start's
+                position = (0, os.fstat(logfd).st_ino)
+            proc = subprocess.Popen(
+                argv,
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=logfd,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError as exc:
+            return self._result(spec, "failed", detail="cannot run %s: %s" % (argv[0], exc.strerror or exc))
         finally:
             os.close(logfd)
         self.spawned[proc.pid] = proc
@@ -331,8 +370,8 @@ class Lifecycle:
                 "started_at": t_start,
                 "cmd": spec["cmd"],
                 "log": log_path,
-                "log_offset": offset,
-                "log_inode": watches[name].inode,
+                "log_offset": position[0],
+                "log_inode": position[1],
                 "stopped": False,
             },
         )
@@ -350,14 +389,16 @@ class Lifecycle:
                     spec,
                     children,
                     proc,
+                    ident["starttime"],
                     t_start,
-                    offset,
+                    position,
                     passed,
                     pending,
                     "the process exited with code %d before %s passed" % (rc, pending),
                     exit_code=rc,
                 )
-            table = self._snapshot()
+            # the process table is read only when a pending gate looks at it (not for a log gate)
+            table = self._snapshot() if any(g["table"] for g in gates) else {}
             for g in list(gates):
                 ok, detail = g["check"](table)
                 g["detail"] = detail
@@ -386,8 +427,9 @@ class Lifecycle:
                     spec,
                     children,
                     proc,
+                    ident["starttime"],
                     t_start,
-                    offset,
+                    position,
                     passed,
                     g["name"],
                     "timed out after %.1fs: %s" % (self.clock() - m_start, g["detail"]),
@@ -439,13 +481,19 @@ class Lifecycle:
             prefix = "" if s is spec else s["name"] + ": "
             ready = s.get("ready") or {}
             if s is not spec:
-                gates.append({"name": prefix + "child", "check": under_parent(s["match"])})
+                gates.append({"name": prefix + "child", "check": under_parent(s["match"]), "table": True})
             if ready.get("log"):
-                gates.append({"name": prefix + "log", "check": log_gate(watches[s["name"]], ready["log"])})
+                gates.append(
+                    {
+                        "name": prefix + "log",
+                        "check": log_gate(watches[s["name"]], ready["log"]),
+                        "table": False,
+                    }
+                )
             if ready.get("port") and s.get("port"):
-                gates.append({"name": prefix + "port", "check": port_check(s["port"])})
+                gates.append({"name": prefix + "port", "check": port_check(s["port"]), "table": True})
             if ready.get("health") and s.get("health"):
-                gates.append({"name": prefix + "health", "check": health_check(s["health"])})
+                gates.append({"name": prefix + "health", "check": health_check(s["health"]), "table": False})
         return gates
 
     def _instant_gates(self, spec, children, pid, table):
@@ -464,15 +512,26 @@ class Lifecycle:
                 out.append({"name": prefix + "health", "ok": ok, "detail": self.secrets.redact(detail)})
         return out
 
-    def _failed_start(self, spec, children, proc, t_start, offset, passed, gate, detail, exit_code=None):
-        """Leave nothing half-started: kill the group, its tree and anything it spawned."""
+    def _failed_start(
+        self, spec, children, proc, starttime, t_start, position, passed, gate, detail, exit_code=None
+    ):
+        """Leave nothing half-started: kill the group, its tree and anything it spawned.
+
+        exit_code is the service's own exit code when it exited by itself; not when we killed it."""
         table = self._snapshot()
         cleanup = self._terminate(
-            table, proc.pid, proc.pid, spec, children, since=t_start, timeout=min(spec["stop_timeout"], 5.0)
+            table,
+            proc.pid,
+            proc.pid,
+            spec,
+            children,
+            since=t_start,
+            timeout=min(spec["stop_timeout"], 5.0),
+            starttime=starttime,
         )
         self._reap()
-        if exit_code is None and proc.poll() is not None:
-            exit_code = proc.returncode
+        if cleanup["alive"]:
+            detail += "; still alive after SIGKILL: %s" % describe_pids(self._snapshot(), cleanup["alive"])
         self.store.mark(
             spec["name"], stopped=True, last_start="failed", stopped_at=time.time(), exit_code=exit_code
         )
@@ -484,19 +543,21 @@ class Lifecycle:
             failed_gate=gate,
             detail=detail,
             exit_code=exit_code,
-            log_tail=self._tail(spec, since=offset),
+            log_tail=self._tail(spec, since=position),
             cleanup=cleanup,
         )
 
     # --- stop ------------------------------------------------------------------------------
 
     def stop(self, specs, all_specs):
+        self._remember_secrets(specs, all_specs)
         results = []
         for spec in specs:
             if spec.get("supervised_by"):
                 r = self._verify_child_stopped(spec, all_specs)
             else:
                 r = self.stop_one(spec, [all_specs[c] for c in spec.get("children") or []])
+            r = self.secrets.redact_obj(r)
             self.emit({"event": "service", "phase": "stop", "result": r})
             results.append(r)
         return {"ok": all(r["outcome"] != "failed" for r in results), "services": results}
@@ -543,6 +604,7 @@ class Lifecycle:
                 children,
                 timeout=spec["stop_timeout"],
                 signame=spec.get("stop_signal", "TERM"),
+                starttime=state.get("starttime"),
             )
             signalled, escalated = term["signalled"], term["escalated"]
             if term["alive"]:
@@ -587,42 +649,69 @@ class Lifecycle:
             "note": note,
         }
 
-    def _terminate(self, table, pid, pgid, spec, children, timeout, signame="TERM", since=None):
-        """Signal the group and the tree, wait, escalate to KILL. Returns what happened."""
+    def _targets(self, table, pid, starttime, pgid, specs, since=None):
+        """What belongs to the service right now: the root pid (only while it is the same
+        process) and its descendants, its process group, and for a failed start also the
+        processes matching its patterns born since the start."""
         targets = {}
-        for p in table.values():
-            if p.alive and (p.pgid == pgid or p.pid == pid) and p.pid not in self.protected:
-                targets[p.pid] = p.starttime
-        for p in procs.descendants(table, pid):
-            if p.alive and p.pid not in self.protected:
-                targets[p.pid] = p.starttime
+        root = table.get(pid)
+        if root is not None and root.alive and starttime in (None, root.starttime):
+            targets[pid] = root.starttime
+            for p in procs.descendants(table, pid):
+                if p.alive:
+                    targets[p.pid] = p.starttime
+        if pgid:
+            for p in table.values():
+                if p.alive and p.pgid == pgid:
+                    targets[p.pid] = p.starttime
         if since is not None:
-            for s in [spec] + list(children):
+            for s in specs:
                 for p in self._pgrep(table, s["match"]):
                     if p.start_epoch >= since - 1.0:
                         targets[p.pid] = p.starttime
-        signalled = sorted(targets)
+        for safe in self.protected:
+            targets.pop(safe, None)
+        return targets
+
+    def _terminate(
+        self, table, pid, pgid, spec, children, timeout, signame="TERM", since=None, starttime=None
+    ):
+        """Signal the group and the tree, wait, then KILL what is left (and whatever the group or
+        tree gained meanwhile, e.g. a child respawned by a dying supervisor)."""
+        specs = [spec] + list(children)
+        targets = self._targets(table, pid, starttime, pgid, specs, since)
+        signalled = set(targets)
         self._signal(pgid, targets, _signum(signame))
         alive = self._wait_gone(targets, timeout)
-        escalated = False
-        if alive:
-            escalated = True
-            self._signal(pgid, {p: targets[p] for p in alive}, signal.SIGKILL)
-            alive = self._wait_gone({p: targets[p] for p in alive}, KILL_WAIT)
-        return {"signalled": signalled, "escalated": escalated, "alive": alive}
+        left = {p: targets[p] for p in alive}
+        left.update(self._targets(self._snapshot(), pid, starttime, pgid, specs, since))
+        escalated = bool(left)
+        if left:
+            signalled |= set(left)
+            self._signal(pgid, left, signal.SIGKILL)
+            alive = self._wait_gone(left, KILL_WAIT)
+        return {"signalled": sorted(signalled), "escalated": escalated, "alive": alive}
 
     def _signal(self, pgid, targets, signum):
-        try:
-            os.killpg(pgid, signum)
-        except (ProcessLookupError, PermissionError):
-            pass
+        """Signal each target that is still the same process (pid + start time); the whole group
+        too, but only while one of them is in it (so the group id cannot have been reused)."""
+        live = []
+        group_alive = False
         for tpid, starttime in targets.items():
             p = procs.get(tpid)
-            if p is not None and p.starttime == starttime and p.alive:
-                try:
-                    os.kill(tpid, signum)
-                except (ProcessLookupError, PermissionError):
-                    pass
+            if p is not None and p.alive and p.starttime == starttime:
+                live.append(tpid)
+                group_alive = group_alive or (bool(pgid) and p.pgid == pgid)
+        if group_alive:
+            try:
+                os.killpg(pgid, signum)
+            except (ProcessLookupError, PermissionError):
+                pass
+        for tpid in live:
+            try:
+                os.kill(tpid, signum)
+            except (ProcessLookupError, PermissionError):
+                pass
 
     def _wait_gone(self, targets, timeout):
         deadline = self.clock() + timeout
@@ -648,18 +737,10 @@ class Lifecycle:
         orphans = [{"pid": p.pid, "cmd": p.cmdline[:100]} for p in found.values()]
         if found:
             targets = {p.pid: p.starttime for p in found.values()}
-            for tpid in targets:
-                try:
-                    os.kill(tpid, signal.SIGTERM)
-                except (ProcessLookupError, PermissionError):
-                    pass
+            self._signal(None, targets, signal.SIGTERM)
             alive = self._wait_gone(targets, spec["stop_timeout"])
             if alive:
-                for tpid in alive:
-                    try:
-                        os.kill(tpid, signal.SIGKILL)
-                    except (ProcessLookupError, PermissionError):
-                        pass
+                self._signal(None, {p: targets[p] for p in alive}, signal.SIGKILL)
                 self._wait_gone({p: targets[p] for p in alive}, KILL_WAIT)
         table = self._snapshot()
         left = {}

@@ -59,6 +59,16 @@ class Secrets:
                 self.values.add(v)
         return env, None
 
+    def load_spec(self, spec):
+        """Remember the secrets a service spec refers to (its env_file values, its health header
+        files), so text about it can be redacted even when nothing else read them in this request.
+        Unreadable files are skipped here: the step that needs them reports the error."""
+        if spec.get("env_file"):
+            self.env_file(spec["env_file"])
+        for path in ((spec.get("health") or {}).get("header_files") or {}).values():
+            self.read_file(path)
+        return self
+
     def redact(self, text):
         if not isinstance(text, str):
             return text
@@ -66,3 +76,15 @@ class Secrets:
             if v and v in text:
                 text = text.replace(v, "***")
         return text
+
+    def redact_obj(self, obj):
+        """A copy of a JSON-like value with every string redacted (keys included)."""
+        if not self.values:
+            return obj
+        if isinstance(obj, str):
+            return self.redact(obj)
+        if isinstance(obj, dict):
+            return {self.redact(k): self.redact_obj(v) for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            return [self.redact_obj(v) for v in obj]
+        return obj

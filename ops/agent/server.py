@@ -70,9 +70,20 @@ def op_stop(args, emit):
     return Lifecycle(args["host"], emit).stop(specs, all_specs)
 
 
+def _log_secrets(args):
+    """The secrets of the service whose log is read (args["service"]: its spec), for redaction."""
+    from .secrets import Secrets
+
+    secrets = Secrets(expand(args.get("base") or "~"))
+    if args.get("service"):
+        secrets.load_spec(args["service"])
+    return secrets
+
+
 def op_logs(args, emit):
     path = expand(args["path"], expand(args.get("base") or "~"))
-    lines = tail_lines(path, int(args.get("lines", 50)))
+    secrets = _log_secrets(args)
+    lines = [secrets.redact(ln) for ln in tail_lines(path, int(args.get("lines", 50)))]
     return {"path": path, "lines": lines, "exists": os.path.exists(path)}
 
 
@@ -82,10 +93,11 @@ def op_follow(args, emit):
 
     path = expand(args["path"], expand(args.get("base") or "~"))
     watch = LogWatch(path)
+    secrets = _log_secrets(args)
     deadline = time.monotonic() + float(args["seconds"]) if args.get("seconds") else None
     while deadline is None or time.monotonic() < deadline:
         for line in watch.new_lines():
-            emit({"event": "line", "line": line})
+            emit({"event": "line", "line": secrets.redact(line)})
         r, _, _ = select.select([sys.stdin], [], [], 0.1)
         if r:
             return {"path": path, "ended": "client"}

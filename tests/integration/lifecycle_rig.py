@@ -1,0 +1,277 @@
+"""A rig for lifecycle tests: a throwaway checkout, inventory and state dir per test, on the
+`local` host or on the real sshd host `opstest` (same inventory shape, different state dirs/ports).
+
+Every service runs from a copy of examples/demo and tests/fixtures/services under the test's own
+tmp dir, so every process the tool starts carries that unique path in its command line: patterns
+never touch another test's (or another engineer's) processes, and teardown kills whatever is left
+by that path, whatever happened.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ops import control, inventory
+from ops.inventory import Inventory
+from ops.session import HostSession, connect
+from tests.harness import ProcessTracker, free_port, pid_alive, wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+HOST = "box"
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a valid TOML basic string
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def toml_tables(tables: dict[str, dict[str, Any]]) -> str:
+    out = []
+    for name, table in tables.items():
+        out.append(f"[{name}]")
+        out.extend(f"{json.dumps(k)} = {toml_value(v)}" for k, v in table.items())
+        out.append("")
+    return "\n".join(out)
+
+
+def processes_with(needle: str) -> dict[int, str]:
+    """{pid: cmdline} of live processes whose command line contains needle (not this one)."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            raw = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        text = raw.replace(b"\0", b" ").decode(errors="replace").strip()
+        if needle in text and pid_alive(int(entry)):
+            found[int(entry)] = text
+    return found
+
+
+@dataclass
+class Rig:
+    kind: str  # "local" | "ssh"
+    root: Path
+    ssh_config: str | None
+    tracker: ProcessTracker
+    token: str = field(default_factory=lambda: "tok-" + secrets.token_hex(12))
+    inv: Inventory | None = None
+    _agent: HostSession | None = None
+
+    def __post_init__(self) -> None:
+        self.checkout = self.root / "checkout"
+        shutil.copytree(REPO / "examples" / "demo", self.checkout / "demo")
+        shutil.copytree(REPO / "tests" / "fixtures" / "services", self.checkout / "services")
+        self.state_dir = self.root / f"state-{self.kind}"
+        self.secret_dir = self.root / "secrets"
+        self.secret_dir.mkdir()
+        self.env_file = self.secret_dir / "demo.env"
+        self.env_file.write_text(f"# written by the test\nDEMO_TOKEN={self.token}\n")
+        self.token_file = self.secret_dir / "demo.token"
+        self.token_file.write_text(self.token + "\n")
+        self.inv_path = self.root / "hosts.toml"
+
+    # --- building the inventory ---------------------------------------------------------
+
+    def script(self, name: str, *args: Any) -> str:
+        """A cmd running a fixture service from this test's checkout."""
+        return " ".join(["python3", str(self.checkout / "services" / name), *map(str, args)])
+
+    def pattern(self, name: str) -> str:
+        """A pgrep -f pattern matching a fixture service of this test (and only of this test)."""
+        return re.escape(str(self.checkout / "services" / name))
+
+    def log(self, service: str) -> Path:
+        return self.state_dir / "logs" / f"{service}.log"
+
+    def demo(self, *, header_file: Path | None = None, env: dict[str, str] | None = None) -> dict[str, dict]:
+        """The demo services (daemon supervising api, worker after daemon), as in hosts.toml."""
+        api_port = free_port()
+        daemon = {
+            "cmd": f"python3 {self.checkout}/demo/daemon.py auto --api-port ${{port:demo_api}}"
+            " --api-log ${state_dir}/logs/demo_api.log",
+            "env_file": str(self.env_file),
+            "children": ["demo_api"],
+            "ready": {"log": "auto-answering"},
+        }
+        if env:
+            daemon["env"] = env
+        return {
+            "demo_daemon": daemon,
+            "demo_api": {
+                "match": re.escape(f"{self.checkout}/demo/api.py") + r" --port ${port}",
+                "port": api_port,
+                "health": {
+                    "url": "http://127.0.0.1:${port}/v1/lookup?name=alice",
+                    "body": "alice",
+                    "header_files": {"X-Demo-Token": str(header_file or self.token_file)},
+                },
+            },
+            "demo_worker": {
+                "cmd": f"python3 {self.checkout}/demo/worker.py --interval 0.2"
+                " --heartbeat ${state_dir}/worker-heartbeat.json",
+                "after": ["demo_daemon"],
+                "ready": {"log": "worker ready"},
+            },
+        }
+
+    def write(
+        self, services: dict[str, dict], host_services: list[str] | None = None, **defaults: Any
+    ) -> Inventory:
+        host: dict[str, Any] = {
+            "path": str(self.checkout),
+            "state_dir": str(self.state_dir),
+            "services": host_services or [n for n, s in services.items() if "cmd" in s],
+        }
+        if self.kind == "local":
+            host["local"] = True
+        else:
+            host["ssh"] = "opstest"
+        tables: dict[str, dict[str, Any]] = {}
+        if self.ssh_config:
+            tables["ssh"] = {"config": self.ssh_config}
+        tables["defaults"] = {"ready_timeout": 10, "stop_timeout": 3, **defaults}
+        tables[f"hosts.{HOST}"] = host
+        for name, table in services.items():
+            tables[f"services.{name}"] = table
+        self.inv_path.write_text(toml_tables(tables))
+        self.close()
+        self.inv = inventory.load(self.inv_path)
+        return self.inv
+
+    @property
+    def host(self):
+        assert self.inv is not None, "call rig.write(...) first"
+        return self.inv.host(HOST)
+
+    # --- driving the tool ---------------------------------------------------------------
+
+    @contextmanager
+    def session(self) -> Iterator[HostSession]:
+        """A fresh session (connection + agent), closed at the end of the block."""
+        assert self.inv is not None, "call rig.write(...) first"
+        with connect(self.inv, self.host) as s:
+            yield s
+
+    @property
+    def agent(self) -> HostSession:
+        """One session for the whole test, like one task run: connect and agent start paid once."""
+        if self._agent is None:
+            assert self.inv is not None, "call rig.write(...) first"
+            self._agent = HostSession(self.inv, self.host).open()
+        return self._agent
+
+    def close(self) -> None:
+        if self._agent is not None:
+            agent, self._agent = self._agent, None
+            agent.close()
+
+    def start(self, *names: str, on_event=None) -> control.PhaseResult:
+        return control.start(self.agent, list(names), on_event=on_event)
+
+    def stop(self, *names: str, on_event=None) -> control.PhaseResult:
+        return control.stop(self.agent, list(names), on_event=on_event)
+
+    def status(self, *names: str) -> dict[str, dict]:
+        return {r["name"]: r for r in control.status(self.agent, list(names))}
+
+    def inv_cmd(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """The real command: `python3 -m invoke ARGS` in the repository, on this inventory."""
+        env = dict(os.environ, OPS_INVENTORY=str(self.inv_path))
+        return subprocess.run(
+            [sys.executable, "-m", "invoke", *args],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+
+    # --- looking at the machine ---------------------------------------------------------
+
+    def running(self) -> dict[int, str]:
+        """Every live process started from this test's checkout."""
+        return processes_with(str(self.checkout))
+
+    def wait_none_running(self, timeout: float = 5.0) -> None:
+        try:
+            wait_until(lambda: not self.running(), timeout)
+        except TimeoutError:
+            raise AssertionError(f"processes left running: {self.running()}") from None
+
+    def state(self, service: str) -> dict[str, Any]:
+        path = self.state_dir / "services" / f"{service}.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def kill_everything(self) -> None:
+        for pid in self.running():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        try:
+            wait_until(lambda: not self.running(), 5.0)
+        except TimeoutError:
+            pass
+
+
+def text_of(result: control.PhaseResult) -> str:
+    return json.dumps(result.services)
+
+
+def by_name(result: control.PhaseResult) -> dict[str, dict]:
+    return {r["name"]: r for r in result.services}
+
+
+def _make_rig(request: Any, tmp_path: Path, kind: str) -> Iterator[Rig]:
+    ssh_config = None
+    if kind == "ssh":
+        ssh_config = str(request.getfixturevalue("sshd").ssh_config_path)
+    tracker = ProcessTracker(tmp_path / "tracked")
+    r = Rig(kind, tmp_path, ssh_config, tracker)
+    try:
+        yield r
+    finally:
+        try:
+            r.close()
+        finally:
+            tracker.cleanup()
+            r.kill_everything()
+
+
+@pytest.fixture(params=["local", "ssh"], name="rig")
+def rig_fixture(request: Any, tmp_path: Path) -> Iterator[Rig]:
+    """The same test on the `local` host and on the real sshd host `opstest`."""
+    yield from _make_rig(request, tmp_path, request.param)
+
+
+@pytest.fixture(name="local_rig")
+def local_rig_fixture(request: Any, tmp_path: Path) -> Iterator[Rig]:
+    """For tests whose point does not depend on the transport."""
+    yield from _make_rig(request, tmp_path, "local")

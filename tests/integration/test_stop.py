@@ -1,0 +1,198 @@
+"""Stop: TERM the group, wait, KILL; sweep orphans by pattern; prove none left; supervisors first;
+explicit stops recorded; a reused pid never signalled. Real services, on `local` and over sshd."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.harness import kill_quietly, pid_alive, port_open, process_ids, wait_until
+from tests.integration.lifecycle_rig import Rig, by_name, local_rig_fixture, rig_fixture  # noqa: F401
+
+
+def test_service_ignoring_term_is_killed_after_stop_timeout(rig: Rig) -> None:
+    rig.write(
+        {"svc": {"cmd": rig.script("ignore_term.py"), "ready": {"log": "ignoring TERM"}, "stop_timeout": 0.5}}
+    )
+    started = by_name(rig.start())["svc"]
+    assert started["outcome"] == "started"
+
+    t = time.monotonic()
+    r = by_name(rig.stop())["svc"]
+    took = time.monotonic() - t
+
+    assert r["outcome"] == "stopped"
+    assert r["escalated"] is True
+    assert "escalated to SIGKILL" in r["detail"]
+    assert took >= 0.5, "KILL only after stop_timeout"
+    assert not pid_alive(started["pid"])
+    rig.wait_none_running(timeout=0)
+
+
+def test_well_behaved_service_stops_on_term_without_escalation(rig: Rig) -> None:
+    rig.write({"svc": {"cmd": rig.script("late_ready.py", "--delay", 0), "ready": {"log": "ready"}}})
+    pid = by_name(rig.start())["svc"]["pid"]
+
+    r = by_name(rig.stop())["svc"]
+
+    assert r["outcome"] == "stopped" and r["escalated"] is False
+    assert r["signalled"] == [pid]
+    assert not pid_alive(pid)
+
+
+def _orphan_maker(rig: Rig) -> dict:
+    return {
+        "cmd": rig.script("orphan_maker.py"),
+        "match": rig.pattern("orphan_maker.py"),  # catches the grandchild too ("... --grandchild")
+        "ready": {"log": "grandchild ready"},
+    }
+
+
+def _grandchild(rig: Rig) -> int:
+    text = rig.log("maker").read_text()
+    return int(text.split("spawned grandchild pid ")[1].split()[0])
+
+
+def test_stop_leaves_no_orphan_of_a_service_whose_grandchild_escaped_its_session(rig: Rig) -> None:
+    rig.write({"maker": _orphan_maker(rig)})
+    parent = by_name(rig.start())["maker"]["pid"]
+    grandchild = _grandchild(rig)
+    assert process_ids(grandchild)["sid"] != process_ids(parent)["sid"], "it did escape"
+
+    r = by_name(rig.stop())["maker"]
+
+    assert r["outcome"] == "stopped"
+    assert grandchild in r["signalled"], "found as a descendant even outside the group"
+    assert not pid_alive(grandchild) and not pid_alive(parent)
+    rig.wait_none_running(timeout=0)
+
+
+def test_orphans_left_by_a_dead_parent_are_swept_by_pattern(rig: Rig) -> None:
+    rig.write({"maker": _orphan_maker(rig)})
+    parent = by_name(rig.start())["maker"]["pid"]
+    grandchild = _grandchild(rig)
+    os.kill(parent, signal.SIGKILL)  # behind the tool's back: the grandchild is now an orphan
+    wait_until(lambda: not pid_alive(parent), 5)
+
+    before = rig.status()["maker"]
+    r = by_name(rig.stop())["maker"]
+
+    assert before["state"] == "dead"
+    assert f"pid {grandchild}" in before["detail"] and "not started by this tool" in before["detail"]
+    assert r["outcome"] == "stopped"
+    assert [o["pid"] for o in r["orphans"]] == [grandchild]
+    assert "killed 1 orphan(s)" in r["detail"]
+    assert not pid_alive(grandchild)
+    rig.wait_none_running(timeout=0)
+
+
+def test_stopping_the_daemon_alone_stops_its_api_child_first_and_frees_the_port(rig: Rig) -> None:
+    rig.write(rig.demo())
+    started = by_name(rig.start())
+    api_pid, worker_pid = started["demo_api"]["pid"], started["demo_worker"]["pid"]
+    port = rig.host.service("demo_api").port
+
+    result = rig.stop("demo_daemon")
+
+    assert result.ok, result.services
+    assert [r["name"] for r in result.services] == ["demo_daemon", "demo_api"]  # supervisor first
+    assert [r["outcome"] for r in result.services] == ["stopped", "stopped"]
+    assert not pid_alive(api_pid)
+    assert not port_open(port)
+    daemon_log = rig.log("demo_daemon").read_text()
+    assert "daemon stopped" in daemon_log
+    assert "restarting in" not in daemon_log, "the supervisor never got to respawn its child"
+    assert pid_alive(worker_pid), "a service that was not asked to stop keeps running"
+    states = {n: s["state"] for n, s in rig.status().items()}
+    assert states == {"demo_daemon": "stopped", "demo_api": "stopped", "demo_worker": "running"}
+
+
+def test_stop_all_goes_in_reverse_dependency_order_and_status_says_stopped(rig: Rig) -> None:
+    rig.write(rig.demo())
+    assert rig.start().ok
+
+    result = rig.stop()
+
+    assert result.ok, result.services
+    # worker runs `after` the daemon, so it stops first; the daemon stops before its child.
+    assert [r["name"] for r in result.services] == ["demo_worker", "demo_daemon", "demo_api"]
+    rig.wait_none_running(timeout=0)
+    assert not port_open(rig.host.service("demo_api").port)
+    assert {s["state"] for s in rig.status().values()} == {"stopped"}
+    assert rig.state("demo_daemon")["stopped_by"] == "user"
+    again = rig.stop()
+    assert [r["outcome"] for r in again.services] == ["not-running", "not-running", "stopped"]
+
+
+def test_status_says_dead_when_the_process_was_killed_behind_the_tools_back(rig: Rig) -> None:
+    rig.write({"svc": {"cmd": rig.script("late_ready.py", "--delay", 0), "ready": {"log": "ready"}}})
+    pid = by_name(rig.start())["svc"]["pid"]
+
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not pid_alive(pid), 5)
+
+    st = rig.status()["svc"]
+    assert st["state"] == "dead"
+    assert f"pid {pid} is gone" in st["detail"]
+    assert by_name(rig.stop())["svc"]["outcome"] == "not-running"
+    assert rig.status()["svc"]["state"] == "stopped", "an explicit stop is recorded"
+
+
+def _starttime(pid: int) -> str:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2 :].split()[19]
+
+
+@pytest.mark.parametrize("differs", ["starttime", "boot_id"])
+def test_pid_reused_by_another_process_is_never_signalled(rig: Rig, differs: str) -> None:
+    rig.write({"svc": {"cmd": rig.script("late_ready.py", "--delay", 0), "ready": {"log": "ready"}}})
+    stranger, _ = rig.tracker.start(["sleep", "300"])
+    boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    forged = {
+        "name": "svc",
+        "pid": stranger.pid,
+        "pgid": stranger.pid,
+        "starttime": _starttime(stranger.pid),
+        "boot_id": boot_id,
+        "stopped": False,
+    }
+    if differs == "starttime":
+        forged["starttime"] = str(int(forged["starttime"]) + 1)
+    else:
+        forged["boot_id"] = "00000000-0000-0000-0000-000000000000"
+    state_file = rig.state_dir / "services" / "svc.json"
+    state_file.parent.mkdir(parents=True)
+    state_file.write_text(json.dumps(forged))
+
+    st = rig.status()["svc"]
+    r = by_name(rig.stop())["svc"]
+
+    assert st["state"] != "running" and st["pid"] is None
+    assert "pid reuse" in st["detail"]
+    assert r["outcome"] == "not-running"
+    assert r["signalled"] == []
+    assert "not signalled" in r["detail"]
+    assert stranger.poll() is None and pid_alive(stranger.pid), "the stranger is still alive"
+    assert rig.state("svc")["stale"] is True
+    assert rig.status()["svc"]["state"] == "stopped"
+
+
+def test_start_after_a_stale_state_file_starts_a_fresh_copy(local_rig: Rig) -> None:
+    rig = local_rig
+    rig.write({"svc": {"cmd": rig.script("late_ready.py", "--delay", 0), "ready": {"log": "ready"}}})
+    stranger, _ = rig.tracker.start(["sleep", "300"])
+    state_file = rig.state_dir / "services" / "svc.json"
+    state_file.parent.mkdir(parents=True)
+    state_file.write_text(json.dumps({"name": "svc", "pid": stranger.pid, "starttime": "1", "boot_id": "x"}))
+
+    r = by_name(rig.start())["svc"]
+
+    assert r["outcome"] == "started" and r["pid"] != stranger.pid
+    assert stranger.poll() is None
+    rig.stop()
+    kill_quietly(stranger.pid)
