@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import io
 import shlex
 import zipfile
@@ -43,16 +44,39 @@ def bundle() -> AgentBundle:
     return build(AGENT_DIR)
 
 
+def _pyc(name: str, source: bytes) -> bytes | None:
+    """The module compiled by THIS interpreter, as an unchecked hash-based .pyc (PEP 552).
+
+    Performance (bench/RESULTS.md, case 1): zipimport never writes bytecode caches, so without
+    these every agent start re-compiles ~3000 lines of agent source on the host: ~100 ms of the
+    agent's ~200 ms start-up here (far more on a Raspberry Pi). zipimport prefers ``x.pyc`` over
+    ``x.py`` and skips a .pyc whose magic number is another Python version's (it falls back to
+    the source), so a host whose python3 differs from ours is as before. The bytes depend only on
+    the sources and this interpreter's bytecode version (its magic number), and so does the
+    version (the file name on the host): the bundle stays deterministic.
+    """
+    import importlib._bootstrap_external as bootstrap  # the stdlib's own pyc writer (py_compile's)
+
+    try:
+        code = compile(source, name, "exec", dont_inherit=True)
+    except SyntaxError:
+        return None  # ship the source alone: the host reports the error as before
+    return bytes(bootstrap._code_to_hash_pyc(code, importlib.util.source_hash(source), checked=False))
+
+
 def build(agent_dir: Path) -> AgentBundle:
-    """Zip the agent sources in ``agent_dir``; the same sources always give the same bytes."""
+    """Zip the agent sources in ``agent_dir`` (plus their .pyc for this interpreter, see _pyc);
+    the same sources always give the same bytes."""
     sources = _sources(agent_dir)
     h = hashlib.sha256()
     for name, data in sources:
         h.update(name.encode() + b"\0" + data + b"\0")
+    h.update(importlib.util.MAGIC_NUMBER)  # the .pyc inside are this Python's (see _pyc)
     version = h.hexdigest()[:16]
+    compiled = [(name + "c", pyc) for name, data in sources if (pyc := _pyc(name, data)) is not None]
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in [*sources, ("__main__.py", MAIN.format(version=version).encode())]:
+        for name, data in [*sources, ("__main__.py", MAIN.format(version=version).encode()), *compiled]:
             info = zipfile.ZipInfo(name, date_time=_EPOCH)
             info.external_attr = 0o644 << 16
             info.compress_type = zipfile.ZIP_DEFLATED

@@ -71,7 +71,9 @@ def test_the_zip_holds_the_agent_sources_and_a_main_only():
         names = zf.namelist()
         main = zf.read("__main__.py").decode()
     expected = sorted(f"ops/agent/{p.name}" for p in agentpkg.AGENT_DIR.glob("*.py"))
-    assert names == ["ops/__init__.py", *expected, "__main__.py"]
+    sources = ["ops/__init__.py", *expected]
+    # the sources, the main, then each source's bytecode for this Python (agentpkg._pyc)
+    assert names == [*sources, "__main__.py", *(n + "c" for n in sources)]
     assert main == f"from ops.agent import server\nserver.main(version={b.version!r})\n"
 
 
@@ -156,3 +158,44 @@ def test_an_unknown_op_is_an_error_event_and_the_agent_keeps_serving(tmp_path):
     events = [json.loads(line) for line in r.stdout.splitlines()[1:]]
     assert events[0] == {"id": 1, "event": "error", "type": "protocol", "message": "unknown op 'nope'"}
     assert events[1]["id"] == 2 and events[1]["event"] == "result"
+
+
+def test_the_bundled_bytecode_is_what_a_same_version_python_imports(tmp_path):
+    """The agent's modules load from the bundled .pyc (no compile on the host), and the .pyc holds
+    exactly the bundled source's code."""
+    b = agentpkg.bundle()
+    pyz = tmp_path / b.filename
+    pyz.write_bytes(b.data)
+    probe = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import ops.agent.server as s; "
+        "print(s.__spec__.loader.get_filename('ops.agent.server'))"
+    )
+    r = subprocess.run([sys.executable, "-c", probe, str(pyz)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().endswith("ops/agent/server.pyc")
+    with zipfile.ZipFile(io.BytesIO(b.data)) as zf:
+        source, pyc = zf.read("ops/agent/server.py"), zf.read("ops/agent/server.pyc")
+    import importlib.util
+    import marshal
+
+    assert pyc[:4] == importlib.util.MAGIC_NUMBER and pyc[8:16] == importlib.util.source_hash(source)
+    assert marshal.loads(pyc[16:]) == compile(source, "ops/agent/server.py", "exec", dont_inherit=True)
+
+
+def test_bytecode_of_another_python_version_is_skipped_for_the_source(tmp_path):
+    """A host whose python3 is another version ignores the .pyc (bad magic) and runs the source."""
+    b = agentpkg.bundle()
+    src = io.BytesIO(b.data)
+    out = io.BytesIO()
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(out, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info)
+            if info.filename.endswith(".pyc"):
+                data = b"\0\0\r\n" + data[4:]  # another interpreter's magic number
+            zout.writestr(info, data)
+    pyz = tmp_path / b.filename
+    pyz.write_bytes(out.getvalue())
+    r = subprocess.run([sys.executable, str(pyz)], input='{"id": 1, "op": "ping"}\n', capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.splitlines()[1])["data"]["pong"] is True

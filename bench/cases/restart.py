@@ -1,0 +1,8 @@
+NAME = "restart"
+TITLE = "todo"
+
+
+def run(rig, runs, warmup):
+    from bench.rig import BenchError
+
+    raise BenchError("not written yet")
