@@ -27,6 +27,7 @@ from .state import StateStore, expand
 POLL = 0.02  # gate and stop polling interval (s)
 KILL_WAIT = 5.0  # how long to wait for SIGKILL to take effect
 LOG_TAIL = 20
+_SPAWNED = {}
 
 
 def _signum(name):
@@ -42,7 +43,9 @@ class Lifecycle:
         self.clock = clock
         self.sleep = sleep
         self.secrets = Secrets(self.checkout)
-        self.spawned = {}  # pid -> Popen, so our own children are reaped, never left as zombies
+        # pid -> Popen of every service this agent process spawned (shared by all its requests), so
+        # a service stopped by a later request of the same task is reaped, never left a zombie
+        self.spawned = _SPAWNED
         self.protected = procs.self_and_ancestors()
 
     # --- helpers ---------------------------------------------------------------------------

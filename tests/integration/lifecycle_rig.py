@@ -148,6 +148,8 @@ class Rig:
             "state_dir": str(self.state_dir),
             "services": host_services or [n for n, s in services.items() if "cmd" in s],
         }
+        if os.environ.get("OPS_TEST_AGENT_PYTHON"):  # e.g. a python3.8, to prove the agent runs on it
+            host["python"] = os.environ["OPS_TEST_AGENT_PYTHON"]
         if self.kind == "local":
             host["local"] = True
         else:

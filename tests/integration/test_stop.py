@@ -196,3 +196,60 @@ def test_start_after_a_stale_state_file_starts_a_fresh_copy(local_rig: Rig) -> N
     assert stranger.poll() is None
     rig.stop()
     kill_quietly(stranger.pid)
+
+
+def test_stopping_the_child_alone_is_refused_while_its_supervisor_runs(rig: Rig) -> None:
+    rig.write(rig.demo(), host_services=["demo_daemon"])
+    api = by_name(rig.start())["demo_api"]["pid"]
+
+    r = by_name(rig.stop("demo_api"))["demo_api"]
+
+    assert r["outcome"] == "failed"
+    assert "stop demo_daemon instead" in r["detail"]
+    assert pid_alive(api), "the supervisor would only restart it"
+    assert rig.stop().ok
+
+
+def test_stop_sweeps_the_api_left_behind_by_a_supervisor_killed_behind_the_tools_back(rig: Rig) -> None:
+    rig.write(rig.demo(), host_services=["demo_daemon"])
+    started = by_name(rig.start())
+    daemon, api = started["demo_daemon"]["pid"], started["demo_api"]["pid"]
+    port = rig.host.service("demo_api").port
+    os.kill(daemon, signal.SIGKILL)
+    wait_until(lambda: not pid_alive(daemon), 5)
+
+    status = rig.status()
+    result = rig.stop()
+
+    assert status["demo_daemon"]["state"] == "dead"
+    assert status["demo_api"]["state"] == "unknown"
+    assert f"not started by this tool but running: pid {api}" in status["demo_api"]["detail"]
+    assert result.ok, result.services
+    assert [o["pid"] for o in by_name(result)["demo_daemon"]["orphans"]] == [api]
+    assert not pid_alive(api)
+    assert not port_open(port)
+    rig.wait_none_running(timeout=0)
+
+
+def test_restart_replaces_every_process_and_passes_the_gates_again(rig: Rig) -> None:
+    rig.write(rig.demo())
+    before = by_name(rig.start())
+
+    with rig.session() as s:
+        from ops import control
+
+        result = control.restart(s, ["demo_daemon"])
+
+    assert result.ok, result.services
+    assert [(r["phase"], r["name"], r["outcome"]) for r in result.services] == [
+        ("stop", "demo_daemon", "stopped"),
+        ("stop", "demo_api", "stopped"),
+        ("start", "demo_daemon", "started"),
+        ("start", "demo_api", "supervised"),
+    ]
+    after = {r["name"]: r for r in result.services if r["phase"] == "start"}
+    for name in ("demo_daemon", "demo_api"):
+        assert after[name]["pid"] != before[name]["pid"]
+        assert not pid_alive(before[name]["pid"])
+    assert pid_alive(before["demo_worker"]["pid"]), "restarting the daemon leaves the worker alone"
+    rig.stop()
