@@ -13,7 +13,7 @@ import signal
 import time
 
 from ops import control, verify
-from tests.harness import pid_alive, process_ids, wait_for_port, wait_until
+from tests.harness import pid_alive, process_ids, wait_for_port_closed, wait_for_text, wait_until
 from tests.integration.verify_rig import PY, Rig, local_rig_fixture, rig_fixture, ssh_rig_fixture  # noqa: F401
 
 
@@ -200,12 +200,14 @@ def test_verify_tree_fails_for_an_api_started_outside_the_daemon_and_names_its_p
         old = api_pid(s)
         os.kill(old, signal.SIGKILL)  # the daemon does not restart it ...
         wait_until(lambda: not pid_alive(old), 5)
+        wait_for_port_closed(rig.api_port)  # a dying multi-threaded process may still hold it
         # ... so someone starts the API by hand (here: this test process is its parent)
-        hand, _ = rig.tracker.start(
+        hand, log = rig.tracker.start(
             [PY, f"{rig.checkout}/demo/api.py", "--port", str(rig.api_port)],
             env=dict(os.environ, DEMO_TOKEN=rig.token),
         )
-        wait_for_port(rig.api_port)
+        # it (not some other process that took the freed port meanwhile) listens
+        wait_for_text(log, f"api listening on 127.0.0.1:{rig.api_port} pid {hand.pid}")
         assert rig.pids_of("api.py") == [hand.pid]
 
         c = by_service(verify.tree(s, ["demo_api"]))["demo_api"]
