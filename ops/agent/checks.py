@@ -566,7 +566,10 @@ class Checks:
         if not hb:
             return self._check("heartbeat", spec, False, "%s declares no heartbeat" % spec["name"], t0)
         path = expand(hb["file"], self.lc.checkout)
-        age, detail = heartbeat_age(dict(hb, file=path))
+        try:
+            age, detail = heartbeat_age(dict(hb, file=path))
+        except OSError as exc:  # not readable by this user, a directory...
+            age, detail = None, "heartbeat %s cannot be read: %s" % (path, exc.strerror or exc)
         extra = {"path": path, "age": None if age is None else round(age, 3), "max_age": hb["max_age"]}
         if age is None:
             return self._check("heartbeat", spec, False, detail, t0, **extra)

@@ -487,3 +487,23 @@ def test_inv_verify_with_an_unknown_service_exits_2_without_a_traceback(tmp_path
         )
         assert r.returncode == 2, (args, r.stdout, r.stderr)
         assert r.stderr.startswith("error: host 'box'") and "Traceback" not in r.stderr
+
+
+def test_heartbeat_judges_the_json_field_or_the_mtime_relative_to_the_checkout(tmp_path: Path) -> None:
+    import os
+    import time
+
+    ch = checks.Checks({"host": {"name": "box", "path": str(tmp_path), "state_dir": str(tmp_path / "st")}})
+    (tmp_path / "hb.json").write_text(json.dumps({"unix_ts": time.time() - 0.5}))
+    fresh = ch.heartbeat({"name": "w", "heartbeat": {"file": "hb.json", "field": "unix_ts", "max_age": 5}})
+    assert fresh["ok"] and fresh["path"] == str(tmp_path / "hb.json") and 0.4 < fresh["age"] < 5
+    (tmp_path / "beat").write_text("")
+    os.utime(tmp_path / "beat", (time.time() - 60, time.time() - 60))
+    stale = ch.heartbeat({"name": "w", "heartbeat": {"file": "beat", "field": None, "max_age": 30}})
+    assert not stale["ok"] and stale["detail"].startswith(f"heartbeat {tmp_path}/beat (mtime) is 60")
+    assert stale["detail"].endswith("s old, max_age 30s: STALE")
+    (tmp_path / "dir.json").mkdir()
+    bad = ch.heartbeat({"name": "w", "heartbeat": {"file": "dir.json", "field": "unix_ts", "max_age": 5}})
+    assert not bad["ok"] and bad["detail"] == f"heartbeat {tmp_path}/dir.json cannot be read: Is a directory"
+    gone = ch.heartbeat({"name": "w", "heartbeat": {"file": "nope.json", "field": "unix_ts", "max_age": 5}})
+    assert not gone["ok"] and gone["detail"] == f"heartbeat {tmp_path}/nope.json does not exist"
