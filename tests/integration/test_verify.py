@@ -325,3 +325,31 @@ def test_one_unreachable_host_fails_alone(local_rig: Rig, sshd) -> None:
     hosts = {h["host"]: h for h in out["hosts"]}
     assert hosts["box"]["ok"] and len(hosts["box"]["checks"]) == 3
     assert not hosts["dead"]["ok"] and hosts["dead"]["error"]
+
+
+def test_verify_tree_fails_when_a_service_runs_twice_or_not_at_all(local_rig: Rig) -> None:
+    rig = local_rig
+    rig.write(rig.demo())
+    with rig.session() as s:
+        rig.start(s, "demo_worker")
+        worker = rig.state("demo_worker")["pid"]
+        assert by_service(verify.tree(s, ["demo_worker"]))["demo_worker"]["ok"]
+        # a second copy, started by hand with the very same command line
+        cmd = rig.host.service("demo_worker").cmd.split()
+        copy, log = rig.tracker.start(cmd, cwd=rig.checkout)
+        wait_for_text(log, f"worker ready pid {copy.pid}")
+        c = by_service(verify.tree(s, ["demo_worker"]))["demo_worker"]
+        assert not c["ok"] and c["detail"].startswith(f"demo_worker runs as pid {worker}, but it runs twice")
+        assert [o["pid"] for o in c["offenders"]] == [copy.pid]
+        inst = verify.verify_all(s)
+        assert [(c["service"], c["name"]) for c in inst.failed] == [
+            ("demo_daemon", "tree"),  # not started in this test
+            ("demo_api", "tree"),
+            ("demo_api", "health"),
+            ("demo_worker", "tree"),
+            ("demo_worker", "instances"),
+            ("demo_worker", "orphans"),
+        ]
+        control.stop(s)
+        c = by_service(verify.tree(s, ["demo_worker"]))["demo_worker"]
+        assert not c["ok"] and c["detail"] == "demo_worker is not running (no live pid recorded by this tool)"
