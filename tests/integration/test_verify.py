@@ -88,7 +88,8 @@ def test_the_supervised_demo_passes_tree_restart_health_heartbeat_orphans_and_al
     assert rig.running() == {}
 
 
-def test_inv_verify_commands_exit_0_with_json_and_never_show_the_token(rig: Rig) -> None:
+def test_inv_verify_commands_exit_0_with_json_and_never_show_the_token(local_rig: Rig) -> None:
+    rig = local_rig  # (inv over ssh: see the wrong-parent test)
     rig.write(rig.demo())
     with rig.session() as s:
         rig.start(s)
