@@ -240,7 +240,7 @@ class Checks:
                 describe_pids(table, [p.pid for p in strays]),
                 "es" if len(strays) == 1 else "",
                 spec["match"],
-                offenders[0]["reason"],
+                parent_note(table, strays[0]),
             )
             return self._check("tree", spec, False, detail, t0, pid=pid, tree=lines, offenders=offenders)
         detail = "pid %d is alive (%d process(es) in its tree)" % (pid, len(own))
@@ -259,7 +259,7 @@ class Checks:
                     len(offenders),
                     pattern,
                     describe_pids(table, [o["pid"] for o in offenders]),
-                    offenders[0]["reason"],
+                    parent_note(table, matches[0]),
                 )
             return self._check(
                 "tree",
@@ -291,12 +291,11 @@ class Checks:
             )
         if outside:
             problems.append(
-                "%s run%s outside %s's tree, not as its child: %s"
+                "%s run%s elsewhere, not in its tree: %s"
                 % (
                     describe_pids(table, [p.pid for p in outside]),
                     "s" if len(outside) == 1 else "",
-                    sup["name"],
-                    offenders[0]["reason"],
+                    parent_note(table, outside[0]),
                 )
             )
         pid = mine[0].pid if mine else None
@@ -344,8 +343,8 @@ class Checks:
         if signame.startswith("SIG"):
             signame = signame[3:]
         extra = {"signal": signame, "timeout": timeout, "old_pid": None, "new_pid": None}
-        signum = getattr(signal, "SIG" + signame, None)
-        if not isinstance(signum, int):
+        signum = int(signame) if signame.isdigit() else getattr(signal, "SIG" + signame, None)
+        if not isinstance(signum, int) or signum <= 0:
             return self._check("restart", spec, False, "unknown signal %r" % signame, t0, **extra)
         if not spec.get("supervised_by"):
             return self._check(

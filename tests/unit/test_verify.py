@@ -327,8 +327,7 @@ def test_tree_fails_for_a_child_outside_the_supervisor_and_names_its_actual_pare
     assert not c["ok"]
     assert c["detail"] == (
         f"api: expected under daemon (pid {D}), but no process matching /api\\.py/ runs under daemon "
-        f"(pid {D}); pid {A} (api.py) runs outside daemon's tree, not as its child: outside daemon's tree "
-        f"(pid {D}); its parent is pid {SH} (bash -l)"
+        f"(pid {D}); pid {A} (api.py) runs elsewhere, not in its tree: its parent is pid {SH} (bash -l)"
     )
     assert c["offenders"] == [
         {
