@@ -116,18 +116,39 @@ class Rig:
         self.tmp = Path(tempfile.mkdtemp(prefix="ops-bench-"))
         self.keep = keep
         self._sshd: harness.SshServer | None = None
+        self._plain: harness.SshServer | None = None
         self._cleanups: list[tuple[str, Callable[[], None]]] = []
 
     # --- resources ------------------------------------------------------------------------
 
     @property
     def sshd(self) -> harness.SshServer:
+        """The loopback sshd (tests/harness.py): the remote shell is this user's, ~/.bashrc and all."""
         if self._sshd is None:
             problem = harness.sshd_available()
             if problem:
                 raise BenchError(problem)
             self._sshd = harness.start_sshd(self.tmp / "sshd")
         return self._sshd
+
+    @property
+    def plain_sshd(self) -> harness.SshServer:
+        """A second loopback sshd whose sessions skip ~/.bashrc: it sets SHLVL=1, and bash sources
+        ~/.bashrc for ssh commands only when SHLVL < 2. For the fan-out case, where 30 sessions'
+        worth of a heavy rc file (pyenv init: ~0.1 s of CPU each) would measure this machine's two
+        cores, not the tool."""
+        if self._plain is None:
+            if harness.sshd_available():
+                raise BenchError(harness.sshd_available() or "")
+            server = harness.SshServer(self.tmp / "sshd-plain")
+            server._write_files()  # what harness.start_sshd does, plus one line of config
+            server.sshd_config_path.write_text(server.sshd_config_path.read_text() + "SetEnv SHLVL=1\n")
+            try:
+                self._plain = server.start()
+            except BaseException:
+                server.close()
+                raise
+        return self._plain
 
     def on_cleanup(self, label: str, fn: Callable[[], None]) -> None:
         self._cleanups.append((label, fn))
@@ -161,9 +182,12 @@ class Rig:
         git(repo, "commit", "-q", "-m", f"round {n}")
         return git(repo, "rev-parse", "HEAD")
 
-    def write_inventory(self, name: str, hosts: list[HostSpec], services: str, ssh: bool = True) -> Path:
+    def write_inventory(
+        self, name: str, hosts: list[HostSpec], services: str, ssh: bool = True, plain: bool = False
+    ) -> Path:
         path = self.tmp / f"{name}.toml"
-        path.write_text(inventory_text(self.sshd.ssh_config_path if ssh else None, hosts, services))
+        server = self.plain_sshd if plain else self.sshd
+        path.write_text(inventory_text(server.ssh_config_path if ssh else None, hosts, services))
         self.on_cleanup(f"stop services of {name}", lambda: stop_all(path))
         return path
 
@@ -209,9 +233,10 @@ class Rig:
                 except Exception as exc:  # keep cleaning
                     print(f"bench: cleanup '{label}' failed: {exc}", file=sys.stderr)
             self._cleanups.clear()
-            if self._sshd is not None:
-                self._sshd.close()
-                self._sshd = None
+            for server in (self._sshd, self._plain):
+                if server is not None:
+                    server.close()
+            self._sshd = self._plain = None
             left = sweep(self.tmp)
             if left:
                 print(f"bench: killed {len(left)} leftover process(es): {left}", file=sys.stderr)
@@ -257,6 +282,13 @@ def sweep(root: Path, timeout: float = 5.0) -> list[int]:
         with contextlib.suppress(TimeoutError):
             harness.wait_until(lambda: not any(harness.pid_alive(p) for p in pids), timeout / 2)
     return pids
+
+
+def cpu_seconds() -> float:
+    """CPU time the whole machine has spent busy since boot (all cores; /proc/stat), in seconds."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def machine() -> dict[str, str]:
