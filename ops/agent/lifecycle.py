@@ -34,6 +34,13 @@ def _signum(name):
     return getattr(signal, "SIG" + name)
 
 
+def _default_signals():
+    """In the child before exec: the agent ignores SIGHUP (its SSH session may go away) and
+    ignored signals survive exec; a service must get the default (stop_signal = "HUP" works).
+    Popen's restore_signals already resets SIGPIPE/SIGXFSZ. The agent has no threads."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 class Lifecycle:
     def __init__(self, host, emit=None, clock=time.monotonic, sleep=time.sleep):
         self.host = host
@@ -355,6 +362,7 @@ class Lifecycle:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 close_fds=True,
+                preexec_fn=_default_signals,
             )
         except OSError as exc:
             return self._result(spec, "failed", detail="cannot run %s: %s" % (argv[0], exc.strerror or exc))
@@ -698,19 +706,21 @@ class Lifecycle:
     def _signal(self, pgid, targets, signum):
         """Signal each target that is still the same process (pid + start time); the whole group
         too, but only while one of them is in it (so the group id cannot have been reused)."""
-        live = []
-        group_alive = False
+        live = {}
         for tpid, starttime in targets.items():
             p = procs.get(tpid)
             if p is not None and p.alive and p.starttime == starttime:
-                live.append(tpid)
-                group_alive = group_alive or (bool(pgid) and p.pgid == pgid)
-        if group_alive:
+                live[tpid] = p.pgid
+        sent_group = False
+        if pgid and pgid in live.values():
             try:
                 os.killpg(pgid, signum)
+                sent_group = True
             except (ProcessLookupError, PermissionError):
                 pass
-        for tpid in live:
+        for tpid, tpgid in live.items():
+            if sent_group and tpgid == pgid:
+                continue  # signalled once already: a second TERM can catch a handler mid-way
             try:
                 os.kill(tpid, signum)
             except (ProcessLookupError, PermissionError):

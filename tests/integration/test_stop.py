@@ -102,10 +102,11 @@ def test_stopping_the_daemon_alone_stops_its_api_child_first_and_frees_the_port(
     assert result.ok, result.services
     assert [r["name"] for r in result.services] == ["demo_daemon", "demo_api"]  # supervisor first
     assert [r["outcome"] for r in result.services] == ["stopped", "stopped"]
+    assert result.services[0]["escalated"] is False, "TERM was enough: each process got it once"
     assert not pid_alive(api_pid)
     assert not port_open(port)
     daemon_log = rig.log("demo_daemon").read_text()
-    assert "daemon stopped" in daemon_log
+    assert "daemon stopped" in daemon_log, daemon_log
     assert "restarting in" not in daemon_log, "the supervisor never got to respawn its child"
     assert pid_alive(worker_pid), "a service that was not asked to stop keeps running"
     states = {n: s["state"] for n, s in rig.status().items()}
@@ -253,3 +254,25 @@ def test_restart_replaces_every_process_and_passes_the_gates_again(rig: Rig) -> 
         assert not pid_alive(before[name]["pid"])
     assert pid_alive(before["demo_worker"]["pid"]), "restarting the daemon leaves the worker alone"
     rig.stop()
+
+
+def test_stop_signal_hup_stops_a_service_with_default_handlers(rig: Rig) -> None:
+    # The agent ignores SIGHUP for itself; the services it starts must not inherit that.
+    rig.write(
+        {
+            "svc": {
+                "cmd": rig.script("late_ready.py", "--delay", 0),
+                "ready": {"log": "ready"},
+                "stop_signal": "HUP",
+                "stop_timeout": 1,
+            }
+        }
+    )
+    pid = by_name(rig.start())["svc"]["pid"]
+    sig_ignored = int(Path(f"/proc/{pid}/status").read_text().split("SigIgn:")[1].split()[0], 16)
+    assert not sig_ignored & (1 << (signal.SIGHUP - 1)), "SIGHUP ignored in the service"
+
+    r = by_name(rig.stop())["svc"]
+
+    assert (r["outcome"], r["escalated"]) == ("stopped", False)
+    assert not pid_alive(pid)
