@@ -63,6 +63,9 @@ class StateStore:
         return data
 
     def mark(self, name, **fields):
-        data = self.load(name) or {"name": name}
+        """Update some fields of a service's state (a corrupt file is replaced, not carried on)."""
+        data = self.load(name)
+        if not data or data.get("corrupt"):
+            data = {"name": name}
         data.update(fields)
         return self.save(name, data)

@@ -276,3 +276,19 @@ def test_stop_signal_hup_stops_a_service_with_default_handlers(rig: Rig) -> None
 
     assert (r["outcome"], r["escalated"]) == ("stopped", False)
     assert not pid_alive(pid)
+
+
+def test_corrupt_state_file_is_reported_then_replaced_by_stop(local_rig: Rig) -> None:
+    rig = local_rig
+    rig.write({"svc": {"cmd": rig.script("late_ready.py", "--delay", 0), "ready": {"log": "ready"}}})
+    state_file = rig.state_dir / "services" / "svc.json"
+    state_file.parent.mkdir(parents=True)
+    state_file.write_text('{"pid": 12')  # a torn write by something else
+
+    assert rig.status()["svc"] == {
+        **rig.status()["svc"],
+        "state": "unknown",
+        "detail": "state file is corrupt",
+    }
+    assert rig.stop().ok
+    assert rig.status()["svc"]["state"] == "stopped"
