@@ -68,6 +68,14 @@ def test_demo_starts_through_all_gates_and_its_token_never_shows(rig: Rig) -> No
     # the api really is the daemon's child, and the daemon runs detached in its own session
     assert Path(f"/proc/{api}/stat").read_text().split(") ")[1].split()[1] == str(daemon)
     assert os.getsid(daemon) == daemon
+    assert os.readlink(f"/proc/{daemon}/fd/0") == "/dev/null"
+    assert os.readlink(f"/proc/{daemon}/fd/1") == str(rig.log("demo_daemon"))
+    assert os.readlink(f"/proc/{daemon}/fd/2") == str(rig.log("demo_daemon"))
+    assert os.readlink(f"/proc/{daemon}/cwd") == str(rig.checkout)
+    state = rig.state("demo_daemon")
+    assert (state["pid"], state["pgid"], state["stopped"]) == (daemon, daemon, False)
+    assert state["starttime"] == Path(f"/proc/{daemon}/stat").read_text().rsplit(") ", 1)[1].split()[19]
+    assert state["boot_id"] == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     # the secret reached the api through the environment only
     assert f"DEMO_TOKEN={rig.token}".encode() in Path(f"/proc/{api}/environ").read_bytes()
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
