@@ -216,13 +216,20 @@ class Rig:
         return json.loads((self.state_dir / "services" / f"{service}.json").read_text())
 
     def kill_everything(self) -> None:
-        for pid in self.running():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+        """SIGKILL every process started from this checkout, again and again until none is left
+        (a spawn loop may start a new child between one look and the kill)."""
+
+        def none_left() -> bool:
+            left = self.running()
+            for pid in left:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            return not left
+
         try:
-            wait_until(lambda: not self.running(), 5.0)
+            wait_until(none_left, 10.0)
         except TimeoutError:
             pass
 
