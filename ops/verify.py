@@ -15,7 +15,7 @@ the results as data (``VerifyReport``). The checks run on the host, in ``ops/age
 - watch: counts and available memory sampled every second for a bounded time.
 
 ``verify_all(session)`` runs what hosts.toml declares for the host's services (``checks = [...]``,
-else a non-destructive default), in order; deploy calls it at its verify step.
+else a non-destructive default), in order: the call meant for deploy's verify step.
 """
 
 from __future__ import annotations
