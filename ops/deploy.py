@@ -235,16 +235,13 @@ class HostDeployer:
         return r.ok, detail
 
     def _verify(self) -> tuple[bool, str]:
-        bad = []
-        services = control.status(self.s)
-        for svc in services:
-            if svc["state"] != "running":
-                bad.append(f"{svc['name']} is {svc['state']} {svc.get('detail') or ''}".strip())
-            elif svc["port"] and not svc["port_ok"]:
-                bad.append(f"{svc['name']}: port {svc['port']} not held by it")
-            elif svc["health"] is not None and not svc["health"]["ok"]:
-                bad.append(f"{svc['name']}: {svc['health']['detail']}")
-        return not bad, "; ".join(bad) or f"{len(services)} service(s) running and healthy"
+        from ops import verify
+
+        report = verify.verify_all(self.s)
+        failed = [c for c in report.checks if not c["ok"]]
+        if failed:
+            return False, "; ".join(f"{c['name']} {c.get('service') or ''}: {c['detail']}" for c in failed)
+        return True, f"{len(report.checks)} check(s) passed"
 
     def _roll(self, commit: str, basis: str | None, rollback: bool) -> bool:
         return (

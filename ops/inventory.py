@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import shlex
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -916,7 +917,11 @@ def _build_service(
     if "match" in t:
         match = ctx.regex(origin("match"), "match", sub("match", t["match"]))
     elif cmd is not None:
-        match = re.escape(cmd)
+        # the command line as the process shows it: argv joined by single spaces (quotes gone)
+        try:
+            match = re.escape(" ".join(shlex.split(cmd)))
+        except ValueError as exc:
+            raise ctx.fail(where, f"key 'cmd' cannot be parsed: {exc}", "check its quotes") from None
     else:
         raise ctx.fail(
             where,

@@ -587,3 +587,17 @@ def test_no_host_given_with_several_hosts_asks_which(three):
 def test_no_host_given_with_one_host_is_that_host(tmp_path):
     inv = inventory.load(write(tmp_path, BASE))
     assert names(inventory.resolve_hosts(inv, None)) == ["h"]
+
+
+def test_default_match_is_the_command_line_the_process_shows(tmp_path):
+    import re
+
+    text = BASE.replace('cmd = "sleep 100"', "cmd = \"sh -c 'sleep 100; echo done'  \"")
+    svc = inventory.load(write(tmp_path, text)).hosts["h"].service("a")
+    shown = " ".join(["sh", "-c", "sleep 100; echo done"])  # /proc/PID/cmdline joined by spaces
+    assert re.search(svc.match, shown)
+
+
+def test_a_cmd_with_unbalanced_quotes_is_refused(tmp_path):
+    fails(tmp_path, BASE.replace('cmd = "sleep 100"', "cmd = \"sh -c 'sleep\""), "services.a",
+          "key 'cmd' cannot be parsed")
