@@ -43,7 +43,7 @@ def git(repo: str, *args: str, input_bytes: bytes | None = None, check: bool = T
                        timeout=300)
     if check and p.returncode != 0:
         raise ActionFailed(f"git {' '.join(args)} failed in {repo}: {p.stderr.decode().strip()}")
-    return p.stdout.decode("utf-8", "replace").strip()
+    return p.stdout.decode("utf-8", "replace").rstrip()  # porcelain lines start with a space
 
 
 @dataclass(frozen=True)
@@ -82,19 +82,36 @@ def local_source(repo: str = ".", ref: str = "HEAD", allow_dirty: bool = False) 
 
 
 def make_bundle(repo: str, commit: str, basis: str | None) -> bytes:
-    """A git bundle holding `commit` as refs/ops/deploy, thin over `basis` when we have it."""
+    """A git bundle holding `commit` as refs/ops/deploy, thin over `basis` (an ancestor of commit
+    that the host has). Not thread-safe on one repo: go through Bundles."""
     git(repo, "update-ref", "refs/ops/deploy", commit)
     try:
         args = ["bundle", "create", "-q"]
         with tempfile.TemporaryDirectory() as d:
             path = str(Path(d) / "deploy.bundle")
-            refs = ["refs/ops/deploy"]
-            if basis and basis != commit and _is_ancestor(repo, basis, commit):
-                refs.append(f"^{basis}")
+            refs = ["refs/ops/deploy"] + ([f"^{basis}"] if basis else [])
             git(repo, *args, path, *refs)
             return Path(path).read_bytes()
     finally:
         git(repo, "update-ref", "-d", "refs/ops/deploy", check=False)
+
+
+class Bundles:
+    """Bundles for one deploy run, shared by the host threads: one `git bundle` per distinct basis
+    (thirty hosts at the same commit cost one), and never two git runs on the ref at once."""
+
+    def __init__(self, repo: str) -> None:
+        self.repo = repo
+        self._lock = threading.Lock()
+        self._made: dict[tuple[str, str | None], bytes] = {}
+
+    def get(self, commit: str, basis: str | None) -> bytes:
+        key = (commit, basis if basis and basis != commit and _is_ancestor(self.repo, basis, commit)
+               else None)
+        with self._lock:
+            if key not in self._made:
+                self._made[key] = make_bundle(self.repo, commit, key[1])
+            return self._made[key]
 
 
 def _is_ancestor(repo: str, a: str, b: str) -> bool:
@@ -185,8 +202,9 @@ def exit_code(results: list[HostDeploy]) -> int:
 class HostDeployer:
     def __init__(self, session: HostSession, source: Source | None, opts: DeployOptions,
                  run_id: str, on_step: StepCallback | None = None,
-                 cancel: threading.Event | None = None) -> None:
+                 cancel: threading.Event | None = None, bundles: Bundles | None = None) -> None:
         self.s = session
+        self.bundles = bundles or (Bundles(source.repo) if source else None)
         self.cancel = cancel or threading.Event()
         self.host: Host = session.host
         self.source = source
@@ -216,8 +234,8 @@ class HostDeployer:
         args = self._args(commit=commit, mode=self.host.source, remote=self.host.remote,
                           rollback=rollback)
         if self.host.source == "push" and not rollback:
-            assert self.source is not None
-            args["bundle"] = base64.b64encode(make_bundle(self.source.repo, commit, basis)).decode()
+            assert self.bundles is not None
+            args["bundle"] = base64.b64encode(self.bundles.get(commit, basis)).decode()
         r = self.s.call("git_deliver", args)
         detail = "; ".join(f"{x['name']}: {x['detail']}" for x in r["steps"])
         return r["ok"], detail
@@ -413,6 +431,7 @@ def deploy(inv: Inventory, hosts: list[Host], opts: DeployOptions, on_step: Step
     run_id = new_run_id()
     cancel = threading.Event()
     source = None if rollback_only else local_source(opts.repo, opts.ref, opts.allow_dirty)
+    bundles = Bundles(source.repo) if source else None
     if source is not None and not opts.dry_run:
         for remote, branch in {(h.remote, h.branch) for h in hosts if h.source == "pull"}:
             push_to_remote(source, remote, branch)
@@ -421,7 +440,7 @@ def deploy(inv: Inventory, hosts: list[Host], opts: DeployOptions, on_step: Step
         t = time.monotonic()
         try:
             with connect(inv, host) as session:
-                return HostDeployer(session, source, opts, run_id, on_step, cancel).run(
+                return HostDeployer(session, source, opts, run_id, on_step, cancel, bundles).run(
                     rollback_only=rollback_only)
         except OpsError as exc:
             outcome = "unreachable" if exc.exit_code == 3 else "failed"
