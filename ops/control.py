@@ -106,10 +106,19 @@ def restart(session: HostSession, names: list[str] | None = None, on_event=None)
     )
 
 
+def _log_args(session: HostSession, service: Service) -> dict[str, Any]:
+    """Where the log is, and the specs whose secrets the agent redacts from its lines."""
+    return {
+        "path": service.log,
+        "base": session.host.path,
+        "service": service.to_agent(),
+        "all_services": [s.to_agent() for s in session.host.services],
+    }
+
+
 def logs(session: HostSession, service: Service, lines: int) -> dict[str, Any]:
-    """The last lines of a service's log; the agent redacts the service's secrets from them."""
-    args = {"path": service.log, "base": session.host.path, "lines": lines, "service": service.to_agent()}
-    return session.call("logs", args)
+    """The last lines of a service's log; the agent redacts the host's secrets from them."""
+    return session.call("logs", {**_log_args(session, service), "lines": lines})
 
 
 def follow(session: HostSession, service: Service, on_line, seconds: float | None = None):
@@ -119,7 +128,7 @@ def follow(session: HostSession, service: Service, on_line, seconds: float | Non
 
     return session.call(
         "follow",
-        {"path": service.log, "base": session.host.path, "seconds": seconds, "service": service.to_agent()},
+        {**_log_args(session, service), "seconds": seconds},
         on_event=handler,
         timeout=(seconds + MARGIN) if seconds else 10 * 365 * 86400.0,
     )

@@ -87,12 +87,10 @@ class Lifecycle:
         return [self.secrets.redact(ln) for ln in tail_lines(path, n, offset)]
 
     def _remember_secrets(self, specs, all_specs):
-        """Every secret these services (and their children) refer to is redacted from replies."""
-        for spec in specs:
+        """Every secret of every service of the host is redacted from replies: a child inherits
+        its supervisor's environment, and a token is a token whichever log it shows up in."""
+        for spec in list(specs) + list(all_specs.values()):
             self.secrets.load_spec(spec)
-            for c in spec.get("children") or []:
-                if c in all_specs:
-                    self.secrets.load_spec(all_specs[c])
 
     def live_pid(self, spec, state=None):
         """(pid or None, note). The recorded pid, only if it is still the same process."""

@@ -71,12 +71,14 @@ def op_stop(args, emit):
 
 
 def _log_secrets(args):
-    """The secrets of the service whose log is read (args["service"]: its spec), for redaction."""
+    """The secrets of the host's services (args["all_services"], args["service"]: their specs),
+    redacted from the log lines sent back."""
     from .secrets import Secrets
 
     secrets = Secrets(expand(args.get("base") or "~"))
-    if args.get("service"):
-        secrets.load_spec(args["service"])
+    for spec in [args.get("service")] + list(args.get("all_services") or []):
+        if spec:
+            secrets.load_spec(spec)
     return secrets
 
 

@@ -219,6 +219,23 @@ def test_agent_replies_redact_the_secret_from_log_tails(rig: Rig) -> None:
     assert rig.token not in st.stdout + st.stderr + logs.stdout + logs.stderr
 
 
+def test_a_childs_log_is_redacted_of_the_secret_it_inherits_from_its_supervisor(
+    local_rig: Rig, tmp_path: Path
+) -> None:
+    rig = local_rig
+    other = tmp_path / "other.token"
+    other.write_text("a-different-header-token\n")  # the api's own secret is not the env token
+    rig.write(rig.demo(header_file=other))
+    log = rig.log("demo_api")
+    log.parent.mkdir(parents=True)
+    log.write_text(f"debug: env DEMO_TOKEN={rig.token}\n")  # the api got it from the daemon's env
+
+    out = rig.inv_cmd("logs", "demo_api", "-n", "1")
+
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "debug: env DEMO_TOKEN=***\n"
+
+
 def test_inv_logs_prints_the_last_n_lines(rig: Rig) -> None:
     rig.write({"svc": {"cmd": rig.script("late_ready.py", "--delay", 0), "ready": {"log": "ready"}}})
     log = rig.log("svc")

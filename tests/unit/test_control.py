@@ -119,7 +119,7 @@ def test_restart_does_not_start_when_the_stop_failed() -> None:
     assert not result.ok
 
 
-def test_logs_send_the_service_spec_so_the_agent_can_redact_its_secrets() -> None:
+def test_logs_send_the_host_service_specs_so_the_agent_can_redact_their_secrets() -> None:
     host = make_host()
     session = FakeSession(host)
 
@@ -130,3 +130,4 @@ def test_logs_send_the_service_spec_so_the_agent_can_redact_its_secrets() -> Non
     assert args["lines"] == 5 and args["base"] == "/srv/app"
     assert args["path"] == "/tmp/state/logs/daemon.log"
     assert args["service"]["name"] == "daemon"
+    assert [s["name"] for s in args["all_services"]] == ["db", "daemon", "api", "worker"]
