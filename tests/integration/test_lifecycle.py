@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ops.agentclient import AgentSession
-from tests.harness import pid_alive, wait_for_text, wait_until
+from tests.harness import pid_alive, process_ids, wait_for_text, wait_until
 from tests.integration.lifecycle_rig import (  # noqa: F401
     REPO,
     Rig,
@@ -66,7 +66,7 @@ def test_demo_starts_through_all_gates_and_its_token_never_shows(rig: Rig) -> No
     daemon, api = r["demo_daemon"]["pid"], r["demo_api"]["pid"]
     assert pid_alive(daemon) and pid_alive(api)
     # the api really is the daemon's child, and the daemon runs detached in its own session
-    assert Path(f"/proc/{api}/stat").read_text().split(") ")[1].split()[1] == str(daemon)
+    assert process_ids(api)["ppid"] == daemon
     assert os.getsid(daemon) == daemon
     assert os.readlink(f"/proc/{daemon}/fd/0") == "/dev/null"
     assert os.readlink(f"/proc/{daemon}/fd/1") == str(rig.log("demo_daemon"))
@@ -260,11 +260,10 @@ def _agents_under(root: int) -> set[int]:
             if p == root:
                 found.add(pid)
                 break
-            try:
-                stat = Path(f"/proc/{p}/stat").read_text()
-            except OSError:
+            ids = process_ids(p)
+            if ids is None:
                 break
-            p = int(stat[stat.rindex(")") + 2 :].split()[1])
+            p = ids["ppid"]
     return found
 
 
