@@ -16,8 +16,8 @@ from bench.rig import HostSpec, Rig
 
 NAME = "phase"
 TITLE = "per-phase overhead (no-op phase 1 vs 21 times, one SSH host)"
-RUNS = 8
-BURST = 10  # commands per round for the per-command breakdown
+RUNS = 6
+BURST = 5  # commands per round for the per-command breakdown
 
 TINY = """
 [services.tiny]
