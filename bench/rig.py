@@ -72,6 +72,7 @@ class HostSpec:
     state_dir: Path
     services: list[str]
     overrides: dict[str, int] = field(default_factory=dict)  # service -> port
+    python: str | None = None  # the host's interpreter for the agent (default: python3)
 
 
 def inventory_text(ssh_config: Path | None, hosts: list[HostSpec], services: str) -> str:
@@ -87,6 +88,7 @@ def inventory_text(ssh_config: Path | None, hosts: list[HostSpec], services: str
             "connect_timeout = 5",
             "services = [" + ", ".join(f'"{s}"' for s in h.services) + "]",
         ]
+        lines += [f'python = "{h.python}"'] if h.python else []
         lines += [f"overrides.{svc}.port = {port}" for svc, port in h.overrides.items()]
         out.append("\n".join(lines) + "\n")
     return "\n".join(out) + services

@@ -6,11 +6,11 @@ to ``$XDG_CACHE_HOME/ops-agent/agent-<hash>.pyz`` on each host and run with the 
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import importlib.util
 import io
 import shlex
+import threading
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,10 +38,28 @@ def _sources(agent_dir: Path) -> list[tuple[str, bytes]]:
     return files
 
 
-@functools.cache
-def bundle() -> AgentBundle:
-    """The agent of this installation (built once per process)."""
-    return build(AGENT_DIR)
+class _BuiltOnce:
+    """``bundle()``: the agent of this installation, built once per process, and once only even
+    when many host threads ask at the same moment (functools.cache would let each of them build
+    it: 30 hosts = 30 compiles of the agent, ~25 ms of CPU each; bench/RESULTS.md, case 5).
+    ``bundle.cache_clear()`` forgets it (tests)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._value: AgentBundle | None = None
+
+    def __call__(self) -> AgentBundle:
+        with self._lock:
+            if self._value is None:
+                self._value = build(AGENT_DIR)
+            return self._value
+
+    def cache_clear(self) -> None:
+        with self._lock:
+            self._value = None
+
+
+bundle = _BuiltOnce()
 
 
 def _pyc(name: str, source: bytes) -> bytes | None:

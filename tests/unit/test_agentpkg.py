@@ -199,3 +199,25 @@ def test_bytecode_of_another_python_version_is_skipped_for_the_source(tmp_path):
                        text=True, timeout=30)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout.splitlines()[1])["data"]["pong"] is True
+
+
+def test_many_host_threads_asking_at_once_build_the_agent_once(monkeypatch):
+    import threading
+    import time
+
+    calls = []
+
+    def slow_build(agent_dir):
+        calls.append(agent_dir)
+        time.sleep(0.05)  # long enough for every thread to ask while the first one builds
+        return agentpkg.AgentBundle(version="0123456789abcdef", data=b"zip")
+
+    monkeypatch.setattr(agentpkg, "build", slow_build)
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(agentpkg.bundle())) for _ in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(calls) == 1
+    assert len(got) == 10 and all(b is got[0] for b in got)
