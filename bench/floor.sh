@@ -7,6 +7,7 @@
 #   bench/floor.sh SSH_CONFIG HOST REPO CHECKOUT STATE_DIR API_PORT
 #
 # It ships a full bundle of HEAD (the demo repo is tiny; `inv deploy` ships an incremental one).
+# FLOOR_SSH_OPTS adds ssh options (word-split), e.g. "-o KexAlgorithms=curve25519-sha256".
 set -euo pipefail
 
 if [ $# -ne 6 ]; then
@@ -25,4 +26,5 @@ git -C "$repo" bundle create -q "$bundle" HEAD
 # shellcheck source=bench/deploy_steps.sh
 . "$here/deploy_steps.sh"
 remote="$(declare -p POLL); $(declare -f); deploy_all $(printf '%q ' "$checkout" "$state" "$port" "$commit")"
-ssh -F "$ssh_config" -o BatchMode=yes "$host" "$remote" <"$bundle"
+# shellcheck disable=SC2086
+ssh -F "$ssh_config" -o BatchMode=yes ${FLOOR_SSH_OPTS:-} "$host" "$remote" <"$bundle"

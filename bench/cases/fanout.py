@@ -114,6 +114,12 @@ def run(rig: Rig, runs: int | None, warmup: int) -> stats.CaseResult:
             f"{label}: {busy:.2f} CPU-s in {wall:.2f} s = {busy / wall / cores:.0%} of {cores} cores busy"
             + (f"; {busy / what[label][1] * 1000:.0f} ms of CPU per host" if what[label][1] > 1 else "")
         )
+    for n in SIZES:
+        t, f = (
+            stats.median(samples[f"inv deploy, {n} host(s)"]),
+            stats.median(samples[f"{n} x `ssh host true` in parallel"]),
+        )
+        res.notes.append(f"{n} host(s): inv deploy takes {t / f:.2f}x the bare `ssh host true` fan-out")
     m1 = stats.median(samples[one])
     for n, limit in ((10, 1.5), (30, 3.0)):
         r = stats.median(samples[f"inv deploy, {n} host(s)"]) / m1
