@@ -84,10 +84,11 @@ def tree_services(host: Host, names: list[str] | None) -> list[Service]:
 def restart_service(host: Host, name: str) -> Service:
     """The supervised service to kill; a service nothing would restart is refused, not killed."""
     svc = select_services(host, [name])[0]
-    if svc.supervised_by is None:
-        children = [s.name for s in host.services if s.supervised_by]
+    if svc.supervised_by is None and svc.restart.policy == "no":
+        children = [s.name for s in host.services if s.supervised_by or s.restart.policy != "no"]
         raise UsageError(
-            f"host '{host.name}': service '{name}' has no supervisor (no supervised_by), so nothing "
+            f"host '{host.name}': service '{name}' has no supervisor (no supervised_by, restart = \"no\"), "
+            "so nothing "
             "would restart it: verify.restart did not kill it",
             (f"verify.restart tests a supervised child ({', '.join(children)}); " if children else "")
             + f"to restart '{name}' itself use `inv restart --service {name}`",

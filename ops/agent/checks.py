@@ -346,7 +346,8 @@ class Checks:
         signum = int(signame) if signame.isdigit() else getattr(signal, "SIG" + signame, None)
         if not isinstance(signum, int) or signum <= 0:
             return self._check("restart", spec, False, "unknown signal %r" % signame, t0, **extra)
-        if not spec.get("supervised_by"):
+        own_policy = (spec.get("restart") or {}).get("policy", "no") != "no"
+        if not spec.get("supervised_by") and not own_policy:
             return self._check(
                 "restart",
                 spec,
@@ -355,7 +356,10 @@ class Checks:
                 t0,
                 **extra,
             )
-        sup = self.all_specs[spec["supervised_by"]]
+        if spec.get("supervised_by"):
+            sup = self.all_specs[spec["supervised_by"]]
+        else:  # restarted by the tool's own supervisor process, whose pid the state file records
+            sup = dict(spec, name="the ops supervisor of " + name)
         sup_pid, why = self.owner(spec)
         if sup_pid is None:
             return self._check("restart", spec, False, why + "; nothing was killed", t0, **extra)

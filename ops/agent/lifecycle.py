@@ -9,6 +9,7 @@ import re
 import shlex
 import signal
 import subprocess
+import sys
 import time
 
 from . import procs
@@ -22,7 +23,7 @@ from .gates import (
     tree_pids,
 )
 from .secrets import Secrets
-from .state import StateStore, expand
+from .state import StateStore, expand, read_json, write_json_atomic
 
 POLL = 0.02  # gate and stop polling interval (s)
 KILL_WAIT = 5.0  # how long to wait for SIGKILL to take effect
@@ -148,7 +149,29 @@ class Lifecycle:
         else:
             state = self.store.load(name)
             pid, note = self.live_pid(spec, state)
-            if pid is not None:
+            sup = self.supervisor_state(state)
+            if sup is not None:
+                out.update(supervisor_pid=pid, restarts=sup.get("restarts"), last_exit=sup.get("last_exit"),
+                           last_reason=sup.get("last_reason"), supervisor=sup.get("state"))
+            if pid is not None and sup is not None:
+                owner_root = pid
+                child = sup.get("child_pid")
+                if sup.get("state") == "running" and child and child in table and table[child].alive:
+                    out.update(state="running", pid=child)
+                elif sup.get("state") == "backoff":
+                    wait = max(0.0, (sup.get("next_try") or time.time()) - time.time())
+                    out.update(state="backoff", detail="next try in %.0fs (restarts %d, last: %s)" % (
+                        wait, sup.get("restarts") or 0, sup.get("last_reason")))
+                else:
+                    out.update(state="running", pid=child or pid)
+            elif sup is not None and sup.get("state") in ("fatal", "done") and not state.get("stopped"):
+                out.update(
+                    state="fatal" if sup["state"] == "fatal" else "stopped",
+                    detail=("crash loop: %d short runs (exit codes %s); `start %s` resets it" % (
+                        len(sup.get("short_runs") or []),
+                        ", ".join(str(c) for c in sup.get("short_runs") or []), name)
+                        if sup["state"] == "fatal" else "finished (exit 0)"))
+            elif pid is not None:
                 out.update(state="running", pid=pid)
                 owner_root = pid
             elif state and state.get("corrupt"):
@@ -334,13 +357,53 @@ class Lifecycle:
         for c in children:
             if (c.get("ready") or {}).get("log"):
                 watches[c["name"]] = LogWatch(self._log_path(c))
+        supervised = None
+        if (spec.get("restart") or {}).get("policy", "no") != "no":
+            try:
+                argv, supervised = self._supervisor_argv(spec, argv, cwd)
+            except (OSError, ValueError) as exc:
+                for w in watches.values():
+                    w.close()
+                return self._result(spec, "failed", detail="cannot set up its supervisor: %s" % exc)
         try:
-            return self._spawn_and_gate(spec, children, argv, cwd, env, watches, t_start, m_start)
+            return self._spawn_and_gate(spec, children, argv, cwd, env, watches, t_start, m_start,
+                                        supervised)
         finally:
             for w in watches.values():
                 w.close()
 
-    def _spawn_and_gate(self, spec, children, argv, cwd, env, watches, t_start, m_start):
+    def _supervisor_argv(self, spec, argv, cwd):
+        """The command line of the tool's own supervisor (supervisor.py) for this service, and
+        the path of the state file it keeps. The supervisor runs from the agent's zipapp."""
+        archive = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0].endswith(".pyz") else None
+        if archive is None or not os.path.isfile(archive):
+            raise ValueError("the agent is not running from its zipapp")
+        name = spec["name"]
+        heartbeat = spec.get("heartbeat")
+        if heartbeat:
+            heartbeat = dict(heartbeat, file=expand(heartbeat["file"], self.checkout))
+        state_path = os.path.join(self.store.root, "services", name + ".supervisor.json")
+        sup_spec = {
+            "name": name, "argv": argv, "cwd": cwd, "state_path": state_path,
+            "restart": spec["restart"], "heartbeat": heartbeat, "match": spec["match"],
+            "max_instances": spec.get("max_instances"), "stop_timeout": spec["stop_timeout"],
+            "stop_signal": spec.get("stop_signal", "TERM"),
+        }
+        spec_path = os.path.join(self.store.root, "services", name + ".supervise.json")
+        write_json_atomic(spec_path, sup_spec)
+        try:
+            os.unlink(state_path)  # a fresh supervisor: a fatal breaker is reset by start
+        except FileNotFoundError:
+            pass
+        return [sys.executable, archive, "supervise", spec_path], state_path
+
+    def supervisor_state(self, state):
+        """What the tool's supervisor last wrote for a service it runs (None if not supervised)."""
+        if not state or not state.get("supervisor_state"):
+            return None
+        return read_json(state["supervisor_state"])
+
+    def _spawn_and_gate(self, spec, children, argv, cwd, env, watches, t_start, m_start, supervised=None):
         name = spec["name"]
         log_path = self._log_path(spec)
         position = (watches[name].offset, watches[name].inode)
@@ -382,6 +445,7 @@ class Lifecycle:
                 "log_offset": position[0],
                 "log_inode": position[1],
                 "stopped": False,
+                "supervisor_state": supervised,
             },
         )
         self.emit({"event": "progress", "service": name, "message": "spawned pid %d" % proc.pid})
@@ -603,6 +667,12 @@ class Lifecycle:
         state = self.store.load(name)
         pid, note = self.live_pid(spec, state)
         signalled, escalated = [], False
+        if pid is not None and state.get("supervisor_state"):
+            # its SIGTERM handler sets a flag; it then stops the child (TERM, wait, KILL) and exits
+            sup = {pid: state.get("starttime")}
+            self._signal(None, sup, signal.SIGTERM)
+            signalled = [pid]
+            self._wait_gone(sup, spec["stop_timeout"] + KILL_WAIT + 1.0)
         table = self._snapshot()
         if pid is not None:
             term = self._terminate(
@@ -615,7 +685,7 @@ class Lifecycle:
                 signame=spec.get("stop_signal", "TERM"),
                 starttime=state.get("starttime"),
             )
-            signalled, escalated = term["signalled"], term["escalated"]
+            signalled, escalated = sorted(set(signalled) | set(term["signalled"])), term["escalated"]
             if term["alive"]:
                 return {
                     "name": name,
