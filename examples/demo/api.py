@@ -134,10 +134,10 @@ def main(argv=None):
     server.daemon_threads = True
     server.commit = find_commit()
 
-    stop = threading.Event()
+    stop = []  # the handler only appends: Event.set() in a handler can deadlock on its own lock
 
     def on_signal(signum, frame):
-        stop.set()
+        stop.append(signum)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -147,8 +147,8 @@ def main(argv=None):
     thread.start()
     log("api listening on %s:%d pid %d" % (args.host, args.port, os.getpid()))
     log("api commit %s" % server.commit)
-    while not stop.wait(0.2):
-        pass
+    while not stop:
+        time.sleep(0.1)
     log("api stopping (signal)")
     server.shutdown()
     server.server_close()
