@@ -24,12 +24,14 @@ from tests.harness import free_port
 
 NAME = "deploy"
 TITLE = "deploy the demo (3 services, one supervised child) to an SSH host"
-RUNS = 5
+RUNS = 7
 ANSIBLE_VENV = Path(os.environ.get("OPS_BENCH_CACHE", "~/.cache/ops-bench")).expanduser() / "ansible-venv"
 DEMO = ["demo_daemon", "demo_worker"]
 TOOL = "inv deploy (ops)"
 FLOOR = "bash floor.sh, one ssh connection (floor)"
 FLOOR_KEX = "floor.sh, ssh forced to curve25519 (paramiko's key exchange)"
+TOOL_PLAIN = "plain remote shell: inv deploy (ops)"
+FLOOR_PLAIN = "plain remote shell: floor.sh"
 
 
 def ansible_playbook() -> tuple[str | None, str]:
@@ -65,7 +67,7 @@ def run(rig: Rig, runs: int | None, warmup: int) -> stats.CaseResult:
     res = stats.CaseResult(NAME, TITLE)
     repo = rig.make_repo("deploy-repo")
     base = rig.dir("deploy")
-    ports = {k: free_port() for k in ("tool", "floor", "kex", "ansible")}
+    ports = {k: free_port() for k in ("tool", "floor", "kex", "ansible", "tool-plain", "floor-plain")}
 
     tool_host = HostSpec(
         "tool",
@@ -105,6 +107,32 @@ def run(rig: Rig, runs: int | None, warmup: int) -> stats.CaseResult:
     }
     checks = {TOOL: ports["tool"], FLOOR: ports["floor"], FLOOR_KEX: ports["kex"]}
 
+    # The same two on a host whose remote shell is plain (no ~/.bashrc, so no pyenv shim either):
+    # the fixed costs of each way, without this machine's heavy shell start-up.
+    plain_host = HostSpec(
+        "tool",
+        "opstest-tool",
+        base / "plain" / "checkout",
+        base / "plain" / "state",
+        DEMO,
+        {"demo_api": ports["tool-plain"]},
+    )
+    plain_inv = rig.write_inventory("deploy-plain", [plain_host], DEMO_SERVICES, plain=True)
+    plain_floor = [
+        "bash",
+        str(BENCH_DIR / "floor.sh"),
+        str(rig.plain_sshd.ssh_config_path),
+        "opstest-floor",
+        str(repo),
+        str(base / "plain" / "floor-co"),
+        str(rig.dir("deploy", "plain", "floor-state")),
+        str(ports["floor-plain"]),
+    ]
+    rig.on_cleanup("stop the floor's services", lambda: _stop_by_pidfiles(base / "plain" / "floor-state"))
+    commands[TOOL_PLAIN] = lambda: rig.inv(plain_inv, "deploy", "--host", "tool", cwd=repo)
+    commands[FLOOR_PLAIN] = lambda: rig.timed(plain_floor, timeout=120)[0]
+    checks[TOOL_PLAIN], checks[FLOOR_PLAIN] = ports["tool-plain"], ports["floor-plain"]
+
     playbook, why = ansible_playbook()
     if playbook:
         ans = _ansible(rig, playbook, repo, base, ports["ansible"])
@@ -127,9 +155,12 @@ def run(rig: Rig, runs: int | None, warmup: int) -> stats.CaseResult:
             samples[label].append(took)
 
     floor, tool = FLOOR, TOOL
-    res.rows = [stats.Row(k, v, baseline=None if k == floor else floor) for k, v in samples.items()]
+    base_of = {FLOOR: None, TOOL_PLAIN: FLOOR_PLAIN, FLOOR_PLAIN: None}
+    res.rows = [stats.Row(k, v, baseline=base_of.get(k, floor)) for k, v in samples.items()]
     r = stats.median(samples[tool]) / stats.median(samples[floor])
     res.targets.append(stats.Target("ops / floor <= 1.3", f"{r:.2f}x", r <= 1.3))
+    rp = stats.median(samples[TOOL_PLAIN]) / stats.median(samples[FLOOR_PLAIN])
+    res.targets.append(stats.Target("ops / floor <= 1.3, plain remote shell", f"{rp:.2f}x", rp <= 1.3))
     if playbook:
         ansible = "ansible-playbook, pipelining + ControlPersist"
         a = stats.median(samples[ansible]) / stats.median(samples[tool])
