@@ -87,9 +87,8 @@ def restart_service(host: Host, name: str) -> Service:
     if svc.supervised_by is None and svc.restart.policy == "no":
         children = [s.name for s in host.services if s.supervised_by or s.restart.policy != "no"]
         raise UsageError(
-            f"host '{host.name}': service '{name}' has no supervisor (no supervised_by, restart = \"no\"), "
-            "so nothing "
-            "would restart it: verify.restart did not kill it",
+            f"host '{host.name}': service '{name}' has no supervisor (no supervised_by, no restart "
+            "policy), so nothing would restart it: verify.restart did not kill it",
             (f"verify.restart tests a supervised child ({', '.join(children)}); " if children else "")
             + f"to restart '{name}' itself use `inv restart --service {name}`",
         )

@@ -151,8 +151,8 @@ def test_verify_restart_refuses_a_service_nothing_would_restart() -> None:
     with pytest.raises(UsageError) as err:
         verify.restart_service(host, "worker")
     assert err.value.message == (
-        "host 'box': service 'worker' has no supervisor (no supervised_by), so nothing would restart it: "
-        "verify.restart did not kill it"
+        "host 'box': service 'worker' has no supervisor (no supervised_by, no restart policy), so nothing "
+        "would restart it: verify.restart did not kill it"
     )
     assert err.value.advice == (
         "verify.restart tests a supervised child (api); to restart 'worker' itself use "
