@@ -12,6 +12,7 @@ from ops.errors import AgentError, TransportError
 from ops.transport import Channel
 
 EventHandler = Callable[[dict[str, Any]], None]
+AGENT_START_TIMEOUT = 60.0  # s for the agent's hello; a host that takes longer is reported
 
 
 class AgentSession:
@@ -34,7 +35,8 @@ class AgentSession:
         b = agentpkg.bundle()
         for _ in range(3):
             ch = self.transport.channel(agentpkg.run_command(self.python, b))
-            line = ch.read_line(time.monotonic() + self.timeout)
+            # the interpreter's start-up (and the login shell's rc files) must not take long
+            line = ch.read_line(time.monotonic() + min(self.timeout, AGENT_START_TIMEOUT))
             if line is None:
                 code = ch.exit_status(2.0)
                 err = ch.stderr_text().strip()
