@@ -848,8 +848,15 @@ def _substitute(
     ports: Mapping[str, int | None],
     variables: Mapping[str, str],
     own: str,
+    regex: bool = False,
 ) -> str:
+    """Fill in ${...}; in a regex (`match`) the values are escaped, so a path's dots stay dots."""
+
     def repl(m: re.Match[str]) -> str:
+        value = _value(m)
+        return re.escape(value) if regex else value
+
+    def _value(m: re.Match[str]) -> str:
         var, arg = m.group(1), m.group(2)
         if var == "port":
             target = arg or own
@@ -898,8 +905,8 @@ def _build_service(
             node = node[part]
         return f"hosts.{variables['host']}.overrides.{name}"
 
-    def sub(key: str, value: str) -> str:
-        return _substitute(ctx, origin(key), key, value, ports, variables, name)
+    def sub(key: str, value: str, regex: bool = False) -> str:
+        return _substitute(ctx, origin(key), key, value, ports, variables, name, regex)
 
     cmd = sub("cmd", t["cmd"]) if "cmd" in t else None
     if supervised_by is None and cmd is None:
@@ -915,7 +922,7 @@ def _build_service(
             "remove cmd; give 'match' so its processes can be found",
         )
     if "match" in t:
-        match = ctx.regex(origin("match"), "match", sub("match", t["match"]))
+        match = ctx.regex(origin("match"), "match", sub("match", t["match"], regex=True))
     elif cmd is not None:
         # the command line as the process shows it: argv joined by single spaces (quotes gone)
         try:

@@ -601,3 +601,13 @@ def test_default_match_is_the_command_line_the_process_shows(tmp_path):
 def test_a_cmd_with_unbalanced_quotes_is_refused(tmp_path):
     fails(tmp_path, BASE.replace('cmd = "sleep 100"', "cmd = \"sh -c 'sleep\""), "services.a",
           "key 'cmd' cannot be parsed")
+
+
+def test_values_filled_into_a_match_pattern_are_escaped(tmp_path):
+    import re
+
+    text = (BASE.replace('path = "/srv/app"', 'path = "/srv/my.app+v2"')
+            + 'match = "${path}/bin/run --port ${port}"\nport = 8080\n')
+    svc = inventory.load(write(tmp_path, text)).hosts["h"].service("a")
+    assert re.search(svc.match, "python3 /srv/my.app+v2/bin/run --port 8080")
+    assert not re.search(svc.match, "python3 /srv/myXapp+v2/bin/run --port 8080")
