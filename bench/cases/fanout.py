@@ -22,15 +22,14 @@ import sys
 import time
 
 from bench import stats
-from bench.rig import BENCH_DIR, REPO_ROOT, HostSpec, Rig, cpu_seconds
+from bench.rig import REPO_ROOT, HostSpec, Rig, cpu_seconds
 
 NAME = "fanout"
 TITLE = "fan-out: deploy to 1, 10, 30 hosts sharing the loopback sshd"
 RUNS = 4
 SIZES = (1, 10, 30)
-# `inv`, with make_bundle serialized: see bench/inv_bundle_lock.py (a race in ops/deploy.py that
-# fails hosts deploying in parallel). Same code path as `inv` otherwise.
-INV = [sys.executable, str(BENCH_DIR / "inv_bundle_lock.py")]
+# exactly what the `inv` script runs
+INV = [sys.executable, "-m", "invoke"]
 
 TINY = """
 [services.tiny]

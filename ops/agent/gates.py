@@ -7,8 +7,6 @@ offset, a port held by the service's own processes started after the start, a he
 import os
 import re
 import time
-import urllib.error
-import urllib.request
 
 from . import procs
 from .secrets import Secrets
@@ -142,6 +140,9 @@ def http_check(health, secrets=None, timeout=None):
         if value is None:
             return False, "header %s: cannot read %s on the host" % (name, path), None
         headers[name] = value
+    import urllib.error  # imported on first use: it costs ~40 ms of every agent start-up
+    import urllib.request
+
     req = urllib.request.Request(health["url"], headers=headers, method="GET")
     t = health.get("timeout") or 5.0
     if timeout is not None:
@@ -174,6 +175,8 @@ _OPENER = []
 def _opener():
     # no proxies: health checks talk to the host's own services
     if not _OPENER:
+        import urllib.request
+
         _OPENER.append(urllib.request.build_opener(urllib.request.ProxyHandler({})))
     return _OPENER[0]
 
