@@ -273,34 +273,35 @@ class HostDeployer:
     def run(self, target: str | None = None, rollback_only: bool = False) -> HostDeploy:
         r = self.result
         t0 = time.monotonic()
-        probe = self.s.call("deploy_probe", self._args())
-        current = (probe["record"] or {}).get("current") or probe["checkout"]["head"]
-        r.from_commit = current
-        if rollback_only:
-            target = (probe["record"] or {}).get("previous")
-            if not target:
-                r.outcome, r.error = "failed", "no previous deploy is recorded on the host"
-                return r
-        r.to_commit = target or (self.source.commit if self.source else None)
         if self.opts.dry_run:
+            probe = self.s.call("deploy_probe", self._args())
+            r.from_commit, r.to_commit = self._commits(probe, target, rollback_only)
             r.plan = build_plan(self.host, self.source, r.to_commit, probe,
                                 control.status(self.s, health=False))
             r.outcome = "planned"
             return r
         lock = self.s.call("deploy_lock", self._args(
             owner={"user": getpass.getuser(), "machine": socket.gethostname(), "pid": os.getpid(),
-                   "commit": r.to_commit, "run_id": r.run_id},
+                   "commit": "(rollback)" if rollback_only else target or self.source.commit,
+                   "run_id": r.run_id},
             wait=self.opts.lock_wait), timeout=self.opts.lock_wait + self.host.command_timeout)
         if not lock["acquired"]:
             r.outcome = "locked"
             r.error = describe_lock(self.host.name, lock["holder"])
             return r
+        probe = lock["probe"]
+        recorded = None
         try:
+            current, r.to_commit = self._commits(probe, target, rollback_only)
+            r.from_commit = current
+            if not r.to_commit:
+                r.outcome, r.error = "failed", "no previous deploy is recorded on the host"
+                return r
             ok = self._roll(r.to_commit, probe["checkout"]["head"], rollback=rollback_only)
             if ok and self.cancel.is_set():
                 raise Interrupted(f"{self.host.name}: interrupted before recording the deploy")
             if ok:
-                self.s.call("deploy_record", self._args(commit=r.to_commit, run_id=r.run_id))
+                recorded = r.to_commit
                 r.outcome = "ok"
             elif (self.opts.rollback and current and current != r.to_commit and not rollback_only
                   and r.steps[0].ok):  # a refused delivery changed nothing: nothing to roll back
@@ -314,12 +315,19 @@ class HostDeployer:
             r.outcome, r.error = "interrupted", exc.message
         finally:
             r.duration = time.monotonic() - t0
-            entry = r.journal_entry(getpass.getuser())
-            try:
-                self.s.call("journal_append", self._args(entry=entry))
-            finally:
-                self.s.call("deploy_unlock", self._args())
+            # record (on success) + journal + unlock: one round trip
+            self.s.call("deploy_finish", self._args(commit=recorded, run_id=r.run_id,
+                                                    entry=r.journal_entry(getpass.getuser())))
         return r
+
+    def _commits(self, probe: dict[str, Any], target: str | None,
+                 rollback_only: bool) -> tuple[str | None, str | None]:
+        """(what the host runs now, what to deploy) from the probe."""
+        record = probe["record"] or {}
+        current = record.get("current") or probe["checkout"]["head"]
+        if rollback_only:
+            return current, record.get("previous")
+        return current, target or (self.source.commit if self.source else None)
 
 
 def _summary(services: list[dict[str, Any]]) -> str:

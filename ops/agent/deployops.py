@@ -113,7 +113,8 @@ def op_deploy_lock(args, emit):
         with os.fdopen(fd, "w") as f:
             json.dump(record, f)
         _held_locks.append(p["lock"])
-        return {"acquired": True, "holder": record}
+        # what the host has, read under the lock (one round trip for both)
+        return {"acquired": True, "holder": record, "probe": op_deploy_probe(args, emit)}
 
 
 def _remove(path):
@@ -302,7 +303,21 @@ def op_journal_read(args, emit):
     return {"path": p["journal"], "entries": entries}
 
 
+def op_deploy_finish(args, emit):
+    """The end of a deploy in one round trip: record the commit (if it succeeded), append the
+    journal entry, release the lock."""
+    out = {}
+    try:
+        if args.get("commit"):
+            out["record"] = op_deploy_record(args, emit)
+        out["journal"] = op_journal_append(args, emit)
+    finally:
+        out["unlock"] = op_deploy_unlock(args, emit)
+    return out
+
+
 OPS = {
+    "deploy_finish": op_deploy_finish,
     "deploy_lock": op_deploy_lock,
     "deploy_unlock": op_deploy_unlock,
     "deploy_probe": op_deploy_probe,

@@ -14,40 +14,11 @@ import pytest
 
 from ops import control, deploy, inventory
 from ops.session import connect
-from tests.harness import free_port, wait_until
+from tests.harness import deployed_demo_services, free_port, git, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-SERVICES = """
-[services.demo_daemon]
-cmd = "python3 examples/demo/daemon.py auto --api-port ${port:demo_api} --api-log ${state_dir}/logs/api.log"
-log = "${state_dir}/logs/daemon.log"
-env_file = "examples/demo/secrets/demo.env"
-children = ["demo_api"]
-ready.log = "auto-answering"
-ready.timeout = 10
-stop_timeout = 3
-
-[services.demo_api]
-match = "examples/demo/api\\\\.py --port ${port}"
-port = 1
-log = "${state_dir}/logs/api.log"
-health = { url = "http://127.0.0.1:${port}/health", body = "ok" }
-
-[services.demo_worker]
-cmd = "python3 examples/demo/worker.py --heartbeat ${state_dir}/hb.json"
-after = ["demo_daemon"]
-ready.log = "worker ready"
-ready.timeout = 10
-stop_timeout = 3
-"""
-
-
-def git(repo: Path, *args: str) -> str:
-    env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
-               GIT_COMMITTER_EMAIL="t@t")
-    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True,
-                          env=env).stdout.strip()
+SERVICES = deployed_demo_services()
 
 
 @pytest.fixture
@@ -417,3 +388,23 @@ def test_a_dropped_connection_finishes_the_step_on_the_host_and_a_rerun_converge
     inv = inventory.load(inv_path)
     with connect(inv, inv.hosts["box"]) as s:
         assert [x["state"] for x in control.status(s)] == ["running"]
+
+
+def test_a_deploy_costs_one_agent_round_trip_per_phase(tmp_path, sshd, repo, cleanup_hosts, monkeypatch):
+    from ops.agentclient import AgentSession
+
+    inv_path = write_inventory(tmp_path, sshd, {"box": "opstest"})
+    cleanup_hosts(inv_path)
+    calls: list[str] = []
+    real = AgentSession.call
+
+    def counting(self, op, *args, **kwargs):
+        calls.append(op)
+        return real(self, op, *args, **kwargs)
+
+    monkeypatch.setattr(AgentSession, "call", counting)
+    monkeypatch.setenv("OPS_JOURNAL", str(tmp_path / "j.jsonl"))
+    inv = inventory.load(inv_path)
+    [result] = deploy.deploy(inv, [inv.hosts["box"]], deploy.DeployOptions(repo=str(repo)))
+    assert result.outcome == "ok", result.error
+    assert calls == ["deploy_lock", "git_deliver", "stop", "start", "verify_all", "deploy_finish"]
