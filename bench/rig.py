@@ -34,30 +34,8 @@ GIT_ENV = {
     "GIT_COMMITTER_EMAIL": "bench@localhost",
 }
 
-# The demo as test_deploy.py declares it: a daemon supervising an API child, and a worker.
-DEMO_SERVICES = """
-[services.demo_daemon]
-cmd = "python3 examples/demo/daemon.py auto --api-port ${port:demo_api} --api-log ${state_dir}/logs/api.log"
-log = "${state_dir}/logs/daemon.log"
-env_file = "examples/demo/secrets/demo.env"
-children = ["demo_api"]
-ready.log = "auto-answering"
-ready.timeout = 15
-stop_timeout = 3
-
-[services.demo_api]
-match = "examples/demo/api\\\\.py --port ${port}"
-port = 1
-log = "${state_dir}/logs/api.log"
-health = { url = "http://127.0.0.1:${port}/health", body = "ok" }
-
-[services.demo_worker]
-cmd = "python3 examples/demo/worker.py --heartbeat ${state_dir}/hb.json"
-after = ["demo_daemon"]
-ready.log = "worker ready"
-ready.timeout = 15
-stop_timeout = 3
-"""
+# The demo as test_deploy.py declares it (tests/harness.py), with 15 s ready timeouts.
+DEMO_SERVICES = harness.deployed_demo_services(ready_timeout=15)
 
 
 class BenchError(Exception):

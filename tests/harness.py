@@ -13,7 +13,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +158,22 @@ def cmdline(pid: int) -> list[str]:
     return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
 
 
+def processes_with(needle: str) -> dict[int, str]:
+    """{pid: cmdline} of live processes whose command line contains needle (not this one)."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            raw = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        text = raw.replace(b"\0", b" ").decode(errors="replace").strip()
+        if needle in text and pid_alive(int(entry)):
+            found[int(entry)] = text
+    return found
+
+
 def child_pids(pid: int) -> list[int]:
     """Live (non-zombie) direct children of ``pid``: from /proc/<pid>/task/*/children when the
     kernel provides it, else by scanning the ppid of every /proc/*/stat."""
@@ -191,6 +207,21 @@ def kill_quietly(pid: int, sig: int = signal.SIGKILL) -> None:
 def killpg_quietly(pgid: int, sig: int = signal.SIGKILL) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
+
+
+def kill_until_none_left(
+    find: Callable[[], Collection[int]], timeout: float = 10.0, message: str = ""
+) -> None:
+    """SIGKILL every pid ``find()`` returns, again and again until it returns none (a supervisor or
+    a spawn loop may start a new process between one look and the kill). TimeoutError if some stay."""
+
+    def none_left() -> bool:
+        pids = find()
+        for pid in pids:
+            kill_quietly(pid)
+        return not pids
+
+    wait_until(none_left, timeout, message=message or "every process found to die")
 
 
 class ProcessTracker:
@@ -471,6 +502,54 @@ def start_sshd(workdir: Path) -> SshServer:
         raise
 
 
+# --------------------------------------------------------------------------- git and deployed demo
+
+
+def git(repo: Path, *args: str) -> str:
+    """`git -C repo ARGS` with a fixed test identity; its stdout, stripped (raises if git fails)."""
+    env = dict(
+        os.environ,
+        GIT_AUTHOR_NAME="t",
+        GIT_AUTHOR_EMAIL="t@t",
+        GIT_COMMITTER_NAME="t",
+        GIT_COMMITTER_EMAIL="t@t",
+    )
+    p = subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True, env=env)
+    return p.stdout.strip()
+
+
+# The [services.*] tables of the demo in a deployed checkout (paths relative to the host's `path`).
+_DEPLOYED_DEMO_SERVICES = r"""
+[services.demo_daemon]
+cmd = "python3 examples/demo/daemon.py auto --api-port ${port:demo_api} --api-log ${state_dir}/logs/api.log"
+log = "${state_dir}/logs/daemon.log"
+env_file = "examples/demo/secrets/demo.env"
+children = ["demo_api"]
+ready.log = "auto-answering"
+ready.timeout = READY_TIMEOUT
+stop_timeout = 3
+
+[services.demo_api]
+match = "examples/demo/api\\.py --port ${port}"
+port = 1
+log = "${state_dir}/logs/api.log"
+health = { url = "http://127.0.0.1:${port}/health", body = "ok" }
+
+[services.demo_worker]
+cmd = "python3 examples/demo/worker.py --heartbeat ${state_dir}/hb.json"
+after = ["demo_daemon"]
+ready.log = "worker ready"
+ready.timeout = READY_TIMEOUT
+stop_timeout = 3
+"""
+
+
+def deployed_demo_services(ready_timeout: int = 10) -> str:
+    """The demo as a deployed checkout declares it (a daemon supervising an API child, and a
+    worker), for test_deploy and bench/: TOML to append to the [hosts.*] tables."""
+    return _DEPLOYED_DEMO_SERVICES.replace("READY_TIMEOUT", str(ready_timeout))
+
+
 __all__ = [
     "LOCALHOST",
     "SSHD",
@@ -478,13 +557,17 @@ __all__ = [
     "SshServer",
     "child_pids",
     "cmdline",
+    "deployed_demo_services",
     "free_port",
+    "git",
     "holds_for",
     "kill_quietly",
+    "kill_until_none_left",
     "killpg_quietly",
     "pid_alive",
     "port_open",
     "process_ids",
+    "processes_with",
     "read_text",
     "sshd_available",
     "start_sshd",

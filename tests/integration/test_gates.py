@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import free_port, port_open, wait_for_port
-from tests.integration.lifecycle_rig import REPO, Rig, by_name, local_rig_fixture, rig_fixture  # noqa: F401
+from tests.integration.rig import REPO, Rig, by_name, local_rig_fixture, rig_fixture  # noqa: F401
 
 FAIL_FAST = 1.5  # ready_timeout (s) for starts that are meant to fail
 HOLDER = str(REPO / "tests" / "fixtures" / "services" / "port_holder.py")

@@ -15,13 +15,12 @@ from pathlib import Path
 import pytest
 
 from ops.agentclient import AgentSession
-from tests.harness import pid_alive, process_ids, wait_for_text, wait_until
-from tests.integration.lifecycle_rig import (  # noqa: F401
+from tests.harness import pid_alive, process_ids, processes_with, wait_for_text, wait_until
+from tests.integration.rig import (  # noqa: F401
     REPO,
     Rig,
     by_name,
     local_rig_fixture,
-    processes_with,
     rig_fixture,
 )
 

@@ -18,7 +18,7 @@ import pytest
 from ops import control, inventory
 from ops.errors import AgentError
 from ops.session import connect, on_hosts
-from tests.harness import SshServer, cmdline, free_port, kill_quietly, pid_alive, wait_until
+from tests.harness import SshServer, free_port, kill_until_none_left, pid_alive, processes_with
 
 REPO = Path(__file__).resolve().parents[2]
 CONNECT_TIMEOUT = 3
@@ -84,23 +84,11 @@ def run_inv(inv_path: Path, *args: str, timeout: float = 60, **env: str) -> subp
 def reap(markers: list[str]) -> None:
     """SIGKILL every process whose command line contains one of the markers, until none is left
     (a supervisor may respawn its child between two kills)."""
-
-    def survivors() -> list[int]:
-        found = []
-        for entry in os.listdir("/proc"):
-            if entry.isdigit() and int(entry) != os.getpid():
-                line = " ".join(cmdline(int(entry)))
-                if any(m in line for m in markers) and pid_alive(int(entry)):
-                    found.append(int(entry))
-        return found
-
-    def none_left() -> bool:
-        pids = survivors()
-        for pid in pids:
-            kill_quietly(pid)
-        return not pids
-
-    wait_until(none_left, 10, message=f"processes matching {markers} to die")
+    kill_until_none_left(
+        lambda: {pid for m in markers for pid in processes_with(m)},
+        10,
+        message=f"processes matching {markers} to die",
+    )
 
 
 @pytest.fixture

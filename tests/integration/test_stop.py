@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import kill_quietly, pid_alive, port_open, process_ids, wait_until
-from tests.integration.lifecycle_rig import Rig, by_name, local_rig_fixture, rig_fixture  # noqa: F401
+from tests.integration.rig import Rig, by_name, local_rig_fixture, rig_fixture  # noqa: F401
 
 
 def test_service_ignoring_term_is_killed_after_stop_timeout(rig: Rig) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from ops import verify
 from tests.harness import pid_alive, wait_until
-from tests.integration.lifecycle_rig import Rig, by_name, local_rig_fixture, rig_fixture  # noqa: F401
+from tests.integration.rig import Rig, by_name, local_rig_fixture, rig_fixture  # noqa: F401
 
 CRASH_ONCE = "crash_once.py"
 

@@ -14,7 +14,7 @@ import time
 
 from ops import control, verify
 from tests.harness import pid_alive, process_ids, wait_for_port_closed, wait_for_text, wait_until
-from tests.integration.verify_rig import PY, Rig, local_rig_fixture, rig_fixture, ssh_rig_fixture  # noqa: F401
+from tests.integration.rig import PY, Rig, local_rig_fixture, rig_fixture, ssh_rig_fixture  # noqa: F401
 
 
 def by_service(report: verify.VerifyReport) -> dict[str, dict]:
@@ -32,9 +32,9 @@ def api_pid(session) -> int:
 
 
 def test_the_supervised_demo_passes_tree_restart_health_heartbeat_orphans_and_all(rig: Rig) -> None:
-    rig.write(rig.demo())
+    rig.write(rig.verify_demo())
     with rig.session() as s:
-        rig.start(s)
+        rig.start_ok(s)
         daemon = rig.state("demo_daemon")["pid"]
 
         tree = verify.tree(s, ["demo_daemon"])
@@ -90,9 +90,9 @@ def test_the_supervised_demo_passes_tree_restart_health_heartbeat_orphans_and_al
 
 def test_inv_verify_commands_exit_0_with_json_and_never_show_the_token(local_rig: Rig) -> None:
     rig = local_rig  # (inv over ssh: see the wrong-parent test)
-    rig.write(rig.demo())
+    rig.write(rig.verify_demo())
     with rig.session() as s:
-        rig.start(s)
+        rig.start_ok(s)
     out = rig.inv_json("verify.tree", "demo_api", code=0)
     assert out["verify"] == "tree" and out["ok"] is True
     assert out["hosts"][0]["checks"][0]["expected_parent"]["service"] == "demo_daemon"
@@ -113,9 +113,9 @@ def test_inv_verify_commands_exit_0_with_json_and_never_show_the_token(local_rig
 
 def test_verify_health_passes_with_the_token_and_fails_401_with_a_wrong_one(local_rig: Rig) -> None:
     rig = local_rig
-    rig.write(rig.demo())
+    rig.write(rig.verify_demo())
     with rig.session() as s:
-        rig.start(s)
+        rig.start_ok(s)
     out = rig.inv_json("verify.health", code=0)
     good = out["hosts"][0]["checks"][0]
     assert good["ok"] and good["status"] == 200 and good["service"] == "demo_api"
@@ -132,9 +132,9 @@ def test_verify_health_passes_with_the_token_and_fails_401_with_a_wrong_one(loca
 
 
 def test_verify_restart_fails_when_the_daemon_does_not_restart_its_child(rig: Rig) -> None:
-    rig.write(rig.demo(daemon_flags="--no-restart"))
+    rig.write(rig.verify_demo(daemon_flags="--no-restart"))
     with rig.session() as s:
-        rig.start(s, "demo_daemon")
+        rig.start_ok(s, "demo_daemon")
         old = api_pid(s)
         t = time.monotonic()
         report = verify.restart(s, "demo_api", timeout=1.0)
@@ -151,9 +151,9 @@ def test_verify_restart_fails_when_the_daemon_does_not_restart_its_child(rig: Ri
 
 def test_inv_verify_restart_exits_1_for_a_child_that_is_not_restarted(local_rig: Rig) -> None:
     rig = local_rig
-    rig.write(rig.demo(daemon_flags="--no-restart"))
+    rig.write(rig.verify_demo(daemon_flags="--no-restart"))
     with rig.session() as s:
-        rig.start(s, "demo_daemon")
+        rig.start_ok(s, "demo_daemon")
     out = rig.inv_json("verify.restart", "demo_api", "--timeout", "0.5", "--signal", "TERM", code=1)
     c = out["hosts"][0]["checks"][0]
     assert c["signal"] == "TERM" and c["new_pid"] is None and "within 0.5s" in c["detail"]
@@ -173,7 +173,7 @@ def test_verify_restart_fails_when_the_supervisor_dies_with_its_child(local_rig:
         }
     )
     with rig.session() as s:
-        rig.start(s)
+        rig.start_ok(s)
         sup = rig.state("shell")["pid"]
         c = verify.restart(s, "shell_api", timeout=5).checks[0]
         assert not c["ok"]
@@ -182,9 +182,9 @@ def test_verify_restart_fails_when_the_supervisor_dies_with_its_child(local_rig:
 
 def test_verify_restart_refuses_to_kill_a_service_without_supervisor(local_rig: Rig) -> None:
     rig = local_rig
-    rig.write(rig.demo())
+    rig.write(rig.verify_demo())
     with rig.session() as s:
-        rig.start(s, "demo_daemon")
+        rig.start_ok(s, "demo_daemon")
     daemon = rig.state("demo_daemon")["pid"]
     r = rig.inv_cmd("verify.restart", "demo_daemon")
     assert r.returncode == 2, r.stdout + r.stderr
@@ -194,9 +194,9 @@ def test_verify_restart_refuses_to_kill_a_service_without_supervisor(local_rig: 
 
 
 def test_verify_tree_fails_for_an_api_started_outside_the_daemon_and_names_its_parent(rig: Rig) -> None:
-    rig.write(rig.demo(daemon_flags="--no-restart"))
+    rig.write(rig.verify_demo(daemon_flags="--no-restart"))
     with rig.session() as s:
-        rig.start(s, "demo_daemon")
+        rig.start_ok(s, "demo_daemon")
         daemon = rig.state("demo_daemon")["pid"]
         old = api_pid(s)
         os.kill(old, signal.SIGKILL)  # the daemon does not restart it ...
@@ -229,9 +229,9 @@ def test_verify_tree_fails_for_an_api_started_outside_the_daemon_and_names_its_p
 
 
 def test_verify_orphans_fails_after_the_supervisor_is_sigkilled_and_passes_after_stop(rig: Rig) -> None:
-    rig.write(rig.demo())
+    rig.write(rig.verify_demo())
     with rig.session() as s:
-        rig.start(s, "demo_daemon")
+        rig.start_ok(s, "demo_daemon")
         daemon = rig.state("demo_daemon")["pid"]
         api = api_pid(s)
         os.kill(daemon, signal.SIGKILL)  # the API is left behind, re-parented
@@ -258,9 +258,9 @@ def test_verify_orphans_fails_after_the_supervisor_is_sigkilled_and_passes_after
 
 
 def test_verify_heartbeat_fails_once_the_worker_freezes(rig: Rig) -> None:
-    rig.write(rig.demo(worker_flags="--freeze-after 0.5", max_age=1))
+    rig.write(rig.verify_demo(worker_flags="--freeze-after 0.5", max_age=1))
     with rig.session() as s:
-        rig.start(s, "demo_worker")
+        rig.start_ok(s, "demo_worker")
         worker = rig.state("demo_worker")["pid"]
 
         def stale():
@@ -284,9 +284,9 @@ def test_verify_heartbeat_fails_once_the_worker_freezes(rig: Rig) -> None:
 
 
 def test_verify_all_runs_a_declared_restart_and_fails_when_the_child_does_not_come_back(rig: Rig) -> None:
-    rig.write(rig.demo(api={"checks": ["tree", "restart", "health"]}))
+    rig.write(rig.verify_demo(api={"checks": ["tree", "restart", "health"]}))
     with rig.session() as s:
-        rig.start(s)
+        rig.start_ok(s)
         old = api_pid(s)
     out = rig.inv_json("verify.all", code=0)
     got = [(c["service"], c["name"]) for c in out["hosts"][0]["checks"]]
@@ -304,9 +304,9 @@ def test_verify_all_runs_a_declared_restart_and_fails_when_the_child_does_not_co
     # the same declaration on a daemon that does not restart its child: verify.all fails
     with rig.session() as s:
         control.stop(s)
-    rig.write(rig.demo(daemon_flags="--no-restart", api={"checks": ["restart", "health"]}))
+    rig.write(rig.verify_demo(daemon_flags="--no-restart", api={"checks": ["restart", "health"]}))
     with rig.session() as s:
-        rig.start(s)
+        rig.start_ok(s)
         report = verify.verify_all(s, restart_timeout=0.5)
     assert not report.ok
     assert [c["name"] for c in report.failed] == ["restart", "health"]
@@ -315,9 +315,9 @@ def test_verify_all_runs_a_declared_restart_and_fails_when_the_child_does_not_co
 
 def test_one_unreachable_host_fails_alone(local_rig: Rig, sshd) -> None:
     rig = local_rig
-    rig.write(rig.demo())
+    rig.write(rig.verify_demo())
     with rig.session() as s:
-        rig.start(s, "demo_daemon")
+        rig.start_ok(s, "demo_daemon")
     text = rig.inv_path.read_text()
     text = f'[ssh]\nconfig = "{sshd.ssh_config_path}"\n' + text
     text += '\n[hosts.dead]\nssh = "opsdead"\npath = "/srv"\nservices = []\nconnect_timeout = 3\n'
@@ -330,9 +330,9 @@ def test_one_unreachable_host_fails_alone(local_rig: Rig, sshd) -> None:
 
 def test_verify_tree_fails_when_a_service_runs_twice_or_not_at_all(local_rig: Rig) -> None:
     rig = local_rig
-    rig.write(rig.demo())
+    rig.write(rig.verify_demo())
     with rig.session() as s:
-        rig.start(s, "demo_worker")
+        rig.start_ok(s, "demo_worker")
         worker = rig.state("demo_worker")["pid"]
         assert by_service(verify.tree(s, ["demo_worker"]))["demo_worker"]["ok"]
         # a second copy, started by hand with the very same command line

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 
 from ops import verify
-from tests.integration.verify_rig import Rig, local_rig_fixture, rig_fixture, ssh_rig_fixture  # noqa: F401
+from tests.integration.rig import Rig, local_rig_fixture, rig_fixture, ssh_rig_fixture  # noqa: F401
 
 
 def checks_of(report: verify.VerifyReport) -> dict[str, dict]:
@@ -15,9 +15,9 @@ def checks_of(report: verify.VerifyReport) -> dict[str, dict]:
 
 
 def test_watch_passes_on_the_demo_and_streams_one_sample_per_second(rig: Rig) -> None:
-    rig.write(rig.demo())
+    rig.write(rig.verify_demo())
     with rig.session() as s:
-        rig.start(s)
+        rig.start_ok(s)
         samples: list[dict] = []
         t = time.monotonic()
         report = verify.watch(s, seconds=2, on_event=lambda e: samples.append(e["sample"]))
@@ -35,7 +35,7 @@ def test_watch_passes_on_the_demo_and_streams_one_sample_per_second(rig: Rig) ->
 def test_inv_verify_watch_fails_on_a_spawn_loop_over_max_instances(rig: Rig) -> None:
     rig.write(rig.spawner(copies=4, every=0.2, max_instances=1))
     with rig.session() as s:
-        rig.start(s)
+        rig.start_ok(s)
     t = time.monotonic()
     out = rig.inv_json("verify.watch", "--seconds", "3", code=1)
     assert time.monotonic() - t < 6
@@ -55,7 +55,7 @@ def test_watch_fails_when_the_count_keeps_growing(local_rig: Rig) -> None:
     rig = local_rig
     rig.write(rig.spawner(copies=20, every=0.25, max_instances=None))
     with rig.session() as s:
-        rig.start(s)
+        rig.start_ok(s)
         report = verify.watch(s, seconds=4)
     c = checks_of(report)["spawner"]
     assert not c["ok"], c
@@ -67,9 +67,10 @@ def test_watch_fails_when_the_count_keeps_growing(local_rig: Rig) -> None:
 
 def test_watch_fails_when_available_memory_is_below_the_floor(local_rig: Rig) -> None:
     rig = local_rig
-    rig.write(rig.demo(), min_mem_available_mb=10_000_000)  # 10 TB: no machine has it free
+    floor = {"min_mem_available_mb": 10_000_000}  # 10 TB: no machine has it free
+    rig.write(rig.verify_demo(), host_keys=floor)
     with rig.session() as s:
-        rig.start(s, "demo_worker")
+        rig.start_ok(s, "demo_worker")
         report = verify.watch(s, seconds=3)
     c = checks_of(report)["memory"]
     assert not c["ok"] and "below the floor of 10000000 MB" in c["detail"]
