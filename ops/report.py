@@ -285,6 +285,10 @@ class Reporter:
                     )
                     for ln in r["log_tail"]:
                         self.line(f"  | {ln}")
+                    for child, lines in (r.get("child_log_tails") or {}).items():
+                        self.line(f"{o.host}: last {len(lines)} lines of {child}'s log:", "bold red")
+                        for ln in lines:
+                            self.line(f"  | {ln}")
 
     # --- logs ----------------------------------------------------------------------------
 

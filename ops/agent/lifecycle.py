@@ -28,6 +28,7 @@ from .state import StateStore, expand, read_json, write_json_atomic
 POLL = 0.02  # gate and stop polling interval (s)
 KILL_WAIT = 5.0  # how long to wait for SIGKILL to take effect
 LOG_TAIL = 20
+SETTLE = 1.0  # a service without gates must stay up this long to count as started
 _SPAWNED = {}
 
 
@@ -567,6 +568,17 @@ class Lifecycle:
                 gates.append({"name": prefix + "port", "check": port_check(s["port"]), "table": True})
             if ready.get("health") and s.get("health"):
                 gates.append({"name": prefix + "health", "check": health_check(s["health"]), "table": False})
+        if not gates:
+            # no declared evidence: at least it must not die at once
+            born = self.clock()
+
+            def alive(_table):
+                up = self.clock() - born
+                if up >= SETTLE:
+                    return True, "still running %.1fs after the spawn (no gates declared)" % up
+                return False, "running for %.1fs so far" % up
+
+            gates.append({"name": "alive", "check": alive, "table": False})
         return gates
 
     def _instant_gates(self, spec, children, pid, table):
@@ -617,8 +629,17 @@ class Lifecycle:
             detail=detail,
             exit_code=exit_code,
             log_tail=self._tail(spec, since=position),
+            child_log_tails=self._child_tails(spec, children, gate),
             cleanup=cleanup,
         )
+
+    def _child_tails(self, spec, children, gate):
+        """The log of the child whose gate failed, when it is not the supervisor's own log."""
+        out = {}
+        for c in children:
+            if gate.startswith(c["name"] + ":") and self._log_path(c) != self._log_path(spec):
+                out[c["name"]] = self._tail(c, n=LOG_TAIL)
+        return out
 
     # --- stop ------------------------------------------------------------------------------
 
