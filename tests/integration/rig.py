@@ -281,9 +281,11 @@ class Rig:
         return json.loads(path.read_text()) if path.exists() else {}
 
     def kill_everything(self) -> None:
-        """SIGKILL every process started from this checkout until none is left (best effort)."""
+        """SIGKILL every process whose command line names this test's dir until none is left (best
+        effort): the services (the checkout) and the tool's supervisors (`supervise <state_dir>/...`),
+        which would otherwise outlive the test and restart their children."""
         with suppress(TimeoutError):
-            kill_until_none_left(self.running, 10.0)
+            kill_until_none_left(lambda: processes_with(f"{self.root}/"), 10.0)
 
 
 def text_of(result: control.PhaseResult) -> str:
