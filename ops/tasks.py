@@ -32,6 +32,22 @@ def _names(values: list[str] | None) -> list[str]:
     return out
 
 
+def number(value: Any, flag: str, whole: bool = False, minimum: float = 0.0) -> Any:
+    """A numeric flag's value, or a UsageError naming the flag. Numeric flags have string defaults
+    so that invoke passes the text through instead of failing with a traceback on `--serial abc`."""
+    from ops.errors import UsageError
+
+    shown = ("-" if len(flag) == 1 else "--") + flag
+    try:
+        out = int(value) if whole else float(value)
+    except (TypeError, ValueError):
+        kind = "a whole number" if whole else "a number"
+        raise UsageError(f"{shown} takes {kind}, got {value!r}") from None
+    if out < minimum:
+        raise UsageError(f"{shown} must be at least {minimum:g}, got {value!r}")
+    return out
+
+
 def errors_to_exit(fn: Callable[..., Any]) -> Callable[..., Any]:
     """OpsError -> one clear message on stderr and its exit code; never a traceback."""
 
@@ -155,7 +171,7 @@ def restart(c, host=None, service=None, json=False):
     },
 )
 @errors_to_exit
-def logs(c, service, host=None, n=50, follow=False, json=False):
+def logs(c, service, host=None, n="50", follow=False, json=False):
     """Print the last lines of a service's log (--follow streams until Ctrl-C)."""
     from ops import control
     from ops.errors import UsageError
@@ -171,7 +187,7 @@ def logs(c, service, host=None, n=50, follow=False, json=False):
     svc = control.with_children(h, [service])[0]
     rep = Reporter(choose_format(json))
     with connect(inv, h) as session:
-        rep.log_lines(h.name, svc.name, control.logs(session, svc, int(n)))
+        rep.log_lines(h.name, svc.name, control.logs(session, svc, number(n, "n", whole=True)))
         if follow:
             control.follow(session, svc, rep.follow_line)
 
@@ -216,20 +232,22 @@ def _deploy(host, json, rollback_only=False, **opts):
 
 @task(auto_shortflags=False, help=DEPLOY_HELP)
 @errors_to_exit
-def deploy(c, host=None, dry_run=False, no_rollback=False, lock_wait=0.0, serial=0, max_fail=-1,
+def deploy(c, host=None, dry_run=False, no_rollback=False, lock_wait="0", serial="0", max_fail="",
            allow_dirty=False, ref="HEAD", json=False):
     """Deploy: lock, deliver code, purge caches, ordered stop/start, verify, roll back on failure."""
-    _deploy(host, json, dry_run=dry_run, rollback=not no_rollback, lock_wait=float(lock_wait),
-            serial=int(serial) or None, max_fail=None if int(max_fail) < 0 else int(max_fail),
+    _deploy(host, json, dry_run=dry_run, rollback=not no_rollback,
+            lock_wait=number(lock_wait, "lock-wait"),
+            serial=number(serial, "serial", whole=True) or None,
+            max_fail=number(max_fail, "max-fail", whole=True) if max_fail != "" else None,
             allow_dirty=allow_dirty, ref=ref)
 
 
 @task(auto_shortflags=False, help={"host": HOST_HELP, "dry-run": "show the plan only", "json": JSON_HELP,
                                    "lock-wait": DEPLOY_HELP["lock-wait"]})
 @errors_to_exit
-def rollback(c, host=None, dry_run=False, lock_wait=0.0, json=False):
+def rollback(c, host=None, dry_run=False, lock_wait="0", json=False):
     """Roll back to the commit deployed before the current one (recorded on the host)."""
-    _deploy(host, json, rollback_only=True, dry_run=dry_run, lock_wait=float(lock_wait))
+    _deploy(host, json, rollback_only=True, dry_run=dry_run, lock_wait=number(lock_wait, "lock-wait"))
 
 
 @task(auto_shortflags=False, help={"host": HOST_HELP, "force": "break the lock even if its holder runs"})
@@ -251,7 +269,7 @@ def unlock(c, host=None, force=False):
 
 @task(auto_shortflags=False, help={"host": HOST_HELP, "n": "how many runs (default 20)", "json": JSON_HELP})
 @errors_to_exit
-def journal(c, host=None, n=20, json=False):
+def journal(c, host=None, n="20", json=False):
     """Show the last deploy runs recorded on a host."""
     from ops import deploy as dep
     from ops import report
@@ -262,7 +280,7 @@ def journal(c, host=None, n=20, json=False):
     rep = report.Reporter(report.choose_format(json))
     for h in resolve_hosts(inv, host):
         with connect(inv, h) as session:
-            report.journal(rep, h.name, dep.journal(session, int(n)))
+            report.journal(rep, h.name, dep.journal(session, number(n, "n", whole=True)))
 
 
 for t in (deploy, rollback, unlock, journal):
@@ -364,12 +382,13 @@ def verify_tree(c, service, host=None, json=False):
     "timeout": "seconds the supervisor has to bring it back and pass its gates (default 30)",
 })
 @errors_to_exit
-def verify_restart(c, service, host=None, signal="KILL", timeout=30.0, json=False):
+def verify_restart(c, service, host=None, signal="KILL", timeout="30", json=False):
     """Kill SERVICE, wait for its supervisor to restart it and its gates to pass; time it."""
     from ops import verify
 
+    secs = number(timeout, "timeout")
     _verify("restart", host, json,
-            lambda s, ev: verify.restart(s, service, signal=signal, timeout=float(timeout), on_event=ev),
+            lambda s, ev: verify.restart(s, service, signal=signal, timeout=secs, on_event=ev),
             lambda h: [verify.restart_service(h, service)])
 
 
@@ -414,19 +433,16 @@ def verify_heartbeat(c, service, host=None, json=False):
     "min-mem-mb": "fail when MemAvailable falls below this (default: the host's min_mem_available_mb)",
 })
 @errors_to_exit
-def verify_watch(c, host=None, service=None, seconds=10.0, interval=1.0, min_mem_mb=None, json=False):
+def verify_watch(c, host=None, service=None, seconds="10", interval="1", min_mem_mb=None, json=False):
     """Watch process counts and free memory: fail on too many, a growing count, or low memory."""
     from ops import verify
-    from ops.errors import UsageError
     from ops.inventory import select_services
 
-    try:
-        floor = float(min_mem_mb) if min_mem_mb is not None else None
-    except ValueError:
-        raise UsageError(f"--min-mem-mb must be a number of MB, got {min_mem_mb!r}") from None
+    floor = number(min_mem_mb, "min-mem-mb") if min_mem_mb is not None else None
+    secs, every = number(seconds, "seconds"), number(interval, "interval", minimum=0.05)
     names = _names(service)
     _verify("watch", host, json,
-            lambda s, ev: verify.watch(s, float(seconds), names, floor, float(interval), ev),
+            lambda s, ev: verify.watch(s, secs, names, floor, every, ev),
             lambda h: select_services(h, names))
 
 
