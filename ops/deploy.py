@@ -17,7 +17,6 @@ import json
 import os
 import secrets
 import socket
-import subprocess
 import tempfile
 import threading
 import time
@@ -27,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from ops import control
-from ops.errors import ActionFailed, Interrupted, LockHeld, OpsError, UsageError
+from ops.errors import Interrupted, LockHeld, OpsError, UsageError
+from ops.gitinfo import Git
 from ops.inventory import Host, Inventory
 from ops.session import HostSession, connect
 
@@ -37,13 +37,14 @@ EXIT_ROLLED_BACK = 5
 # --- local git (pure argv builders + a thin runner) ---------------------------------------------
 
 
-def git(repo: str, *args: str, input_bytes: bytes | None = None, check: bool = True) -> str:
-    env = dict(os.environ, GIT_TERMINAL_PROMPT="0", LC_ALL="C")
-    p = subprocess.run(["git", "-C", repo, *args], input=input_bytes, capture_output=True, env=env,
-                       timeout=300)
-    if check and p.returncode != 0:
-        raise ActionFailed(f"git {' '.join(args)} failed in {repo}: {p.stderr.decode().strip()}")
-    return p.stdout.decode("utf-8", "replace").rstrip()  # porcelain lines start with a space
+GIT_TIMEOUT = 300.0  # s for one local git run (a push or a bundle of a large repository)
+
+
+def git(repo: str, *args: str, check: bool = True) -> str:
+    """stdout of one local git run, through gitinfo's runner (C locale, never prompting, bounded by
+    GIT_TIMEOUT, a missing git named); a GitError (ActionFailed) if it fails and ``check``."""
+    _, out = Git(repo, timeout=GIT_TIMEOUT).run(args, ok_codes=(0,) if check else None)
+    return out.rstrip()  # porcelain lines start with a space
 
 
 @dataclass(frozen=True)
@@ -58,16 +59,13 @@ class Source:
 
 
 def local_source(repo: str = ".", ref: str = "HEAD", allow_dirty: bool = False) -> Source:
-    try:
-        top = git(repo, "rev-parse", "--show-toplevel")
-    except ActionFailed:
+    top = Git(repo, timeout=GIT_TIMEOUT).toplevel()
+    if top is None:
         raise UsageError(f"{os.path.abspath(repo)} is not a git repository",
-                         "run deploy from the repository you want to deploy") from None
-    try:
-        commit = git(top, "rev-parse", "--verify", f"{ref}^{{commit}}")
-    except ActionFailed:
-        raise UsageError(f"unknown commit '{ref}' in {top}", "pass --ref with a commit, branch or tag"
-                         ) from None
+                         "run deploy from the repository you want to deploy")
+    commit = Git(top, timeout=GIT_TIMEOUT).resolve(ref)
+    if commit is None:
+        raise UsageError(f"unknown commit '{ref}' in {top}", "pass --ref with a commit, branch or tag")
     branch = git(top, "symbolic-ref", "-q", "--short", "HEAD", check=False) or None
     dirty = tuple(git(top, "status", "--porcelain", "--untracked-files=no").splitlines())
     if dirty and not allow_dirty:
@@ -116,8 +114,8 @@ class Bundles:
 
 def _is_ancestor(repo: str, a: str, b: str) -> bool:
     """True if a is an ancestor of b (false too when a is unknown here)."""
-    p = subprocess.run(["git", "-C", repo, "merge-base", "--is-ancestor", a, b], capture_output=True)
-    return p.returncode == 0
+    code, _ = Git(repo, timeout=GIT_TIMEOUT).run(["merge-base", "--is-ancestor", a, b], ok_codes=None)
+    return code == 0
 
 
 def push_to_remote(source: Source, remote: str, branch: str | None) -> str:
@@ -162,6 +160,7 @@ class HostDeploy:
     to_commit: str | None = None
     steps: list[Step] = field(default_factory=list)
     error: str | None = None
+    advice: str = ""  # what to do about the error (an OpsError's advice), shown under the summary
     plan: dict[str, Any] | None = None
     started_at: float = field(default_factory=time.time)
     duration: float = 0.0
@@ -453,7 +452,7 @@ def deploy(inv: Inventory, hosts: list[Host], opts: DeployOptions, on_step: Step
         except OpsError as exc:
             outcome = "unreachable" if exc.exit_code == 3 else "failed"
             return HostDeploy(host=host.name, run_id=run_id, outcome=outcome, error=exc.message,
-                              to_commit=source.commit if source else None,
+                              advice=exc.advice, to_commit=source.commit if source else None,
                               duration=time.monotonic() - t)
 
     batch = opts.serial or len(hosts)

@@ -212,7 +212,8 @@ class Git:
         self.timeout = timeout
         self._run = runner
 
-    def run(self, args: Sequence[str], ok_codes: tuple[int, ...] = (0,)) -> tuple[int, str]:
+    def run(self, args: Sequence[str], ok_codes: tuple[int, ...] | None = (0,)) -> tuple[int, str]:
+        """(exit code, stdout); a GitError unless the code is in ok_codes (None: any code)."""
         argv = git_argv(self.repo, *args)
         env = dict(os.environ, LC_ALL="C", GIT_TERMINAL_PROMPT="0", GIT_OPTIONAL_LOCKS="0", GIT_PAGER="cat")
         try:
@@ -224,7 +225,7 @@ class Git:
                 f"`git {' '.join(args)}` in {self.repo} took longer than {self.timeout:.0f}s"
             ) from None
         out = p.stdout.decode("utf-8", "replace")
-        if p.returncode not in ok_codes:
+        if ok_codes is not None and p.returncode not in ok_codes:
             err = p.stderr.decode("utf-8", "replace").strip()
             raise GitError(f"`git {' '.join(args)}` in {self.repo} failed (exit {p.returncode}): {err}")
         return p.returncode, out
