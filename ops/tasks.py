@@ -104,6 +104,8 @@ def status(c, host=None, service=None, json=False, no_health=False):
     inv = _inventory(c)
     targets = resolve_hosts(inv, host)
     names = _names(service)
+    for h in targets:  # an unknown service name is a usage error (exit 2), not an unreachable host
+        control.with_children(h, names)
     outcomes = on_hosts(inv, targets, lambda s: control.status(s, names, health=not no_health))
     Reporter(choose_format(json)).status(outcomes)
     if any(not o.ok for o in outcomes):
@@ -387,6 +389,7 @@ def verify_restart(c, service, host=None, signal="KILL", timeout="30", json=Fals
     from ops import verify
 
     secs = number(timeout, "timeout")
+    signal = verify.signal_name(signal)  # a bad --signal is refused before any host is touched
     _verify("restart", host, json,
             lambda s, ev: verify.restart(s, service, signal=signal, timeout=secs, on_event=ev),
             lambda h: [verify.restart_service(h, service)])
@@ -436,10 +439,13 @@ def verify_heartbeat(c, service, host=None, json=False):
 def verify_watch(c, host=None, service=None, seconds="10", interval="1", min_mem_mb=None, json=False):
     """Watch process counts and free memory: fail on too many, a growing count, or low memory."""
     from ops import verify
+    from ops.errors import UsageError
     from ops.inventory import select_services
 
     floor = number(min_mem_mb, "min-mem-mb") if min_mem_mb is not None else None
     secs, every = number(seconds, "seconds"), number(interval, "interval", minimum=0.05)
+    if secs <= 0:
+        raise UsageError(f"--seconds must be more than 0, got {seconds!r}")
     names = _names(service)
     _verify("watch", host, json,
             lambda s, ev: verify.watch(s, secs, names, floor, every, ev),

@@ -81,6 +81,17 @@ def tree_services(host: Host, names: list[str] | None) -> list[Service]:
     return with_children(host, names)
 
 
+def signal_name(text: str) -> str:
+    """--signal's value as the agent takes it ('sigkill' -> 'KILL', '9' -> '9'), or a UsageError."""
+    import signal
+
+    name = text.strip().upper().removeprefix("SIG")
+    if not (name.isdigit() and int(name) > 0) and "SIG" + name not in signal.Signals.__members__:
+        raise UsageError(f"--signal: unknown signal {text!r}", "e.g. KILL (the default), TERM, INT, HUP, "
+                         "USR1, or a signal number")
+    return name
+
+
 def restart_service(host: Host, name: str) -> Service:
     """The supervised service to kill; a service nothing would restart is refused, not killed."""
     svc = select_services(host, [name])[0]
