@@ -74,13 +74,15 @@ class Reporter:
         styles: list[str | None] | None = None,
     ) -> None:
         if self.fmt == "rich":
+            from rich.markup import escape
             from rich.table import Table
 
-            t = Table(title=title, title_justify="left", show_lines=False)
+            # cells quote commands, log lines, regexes ("[gates: log]", "[p]hone"): never markup
+            t = Table(title=escape(title) if title else None, title_justify="left", show_lines=False)
             for c in columns:
                 t.add_column(c, overflow="fold")
             for i, r in enumerate(rows):
-                t.add_row(*r, style=(styles[i] if styles else None))
+                t.add_row(*(escape(v) for v in r), style=(styles[i] if styles else None))
             self.console.print(t)
             return
         if title:
@@ -102,6 +104,12 @@ class Reporter:
 
     def error(self, exc: OpsError) -> None:
         print(f"error: {exc.render()}", file=self.err)
+
+    def advice(self, outcomes) -> None:
+        """What to do about each host's error (its OpsError's advice), under a table."""
+        for o in outcomes:
+            if o.error is not None and o.error.advice:
+                self.line(f"{o.host}: -> {o.error.advice}")
 
     # --- inventory -----------------------------------------------------------------------
 
@@ -217,6 +225,7 @@ class Reporter:
             rows,
             styles if self.fmt == "rich" else None,
         )
+        self.advice(outcomes)
 
     # --- phases (start / stop / restart) --------------------------------------------------
 
@@ -271,6 +280,7 @@ class Reporter:
             rows,
             styles if self.fmt == "rich" else None,
         )
+        self.advice(outcomes)
         for o in outcomes:
             if not o.ok:
                 continue
@@ -342,6 +352,9 @@ def deploy_summary(rep: Reporter, results) -> None:
              f"{r.duration:.2f}s", r.error or ""] for r in results]
     rep._table("deploy summary", ["host", "outcome", "commits", "time", "detail"], rows,
                [DEPLOY_STYLE.get(r.outcome) for r in results] if rep.fmt == "rich" else None)
+    for r in results:
+        if r.advice:
+            rep.line(f"{r.host}: -> {r.advice}")
 
 
 def deploy_plan(rep: Reporter, plan: dict) -> None:
@@ -408,10 +421,6 @@ def preflight_plan(rep: Reporter, plan: list[tuple]) -> None:
                            for c, what in plan]})
         return
     rows = [[str(i), c.name, what] for i, (c, what) in enumerate(plan, 1)]
-    if rep.fmt == "rich":
-        from rich.markup import escape
-
-        rows = [[escape(v) for v in r] for r in rows]
     rep._table("pre-flight plan (nothing run)", ["#", "check", "verifies"], rows)
 
 
@@ -436,10 +445,6 @@ def preflight(rep: Reporter, report) -> None:
         return
     rows = [[c.name, c.status.upper() if c.status == "fail" else c.status, f"{c.duration:.2f}s", c.detail]
             for c in report.checks]
-    if rep.fmt == "rich":  # details quote file names, output and TOML: never read them as markup
-        from rich.markup import escape
-
-        rows = [[escape(v) for v in r] for r in rows]
     styles = [PREFLIGHT_STYLE.get(c.status) for c in report.checks]
     rep._table(f"pre-flight of {report.repo} over {report.base}", ["check", "status", "time", "detail"],
                rows, styles if rep.fmt == "rich" else None)
@@ -679,16 +684,13 @@ def verify_result(rep: Reporter, kind: str, outcomes) -> None:
                 ]
             )
             styles.append("green" if c["ok"] else "bold red")
-    if rep.fmt == "rich":  # details quote regexes like [p]hone_api: never read them as markup
-        from rich.markup import escape
-
-        rows = [[escape(v) for v in r] for r in rows]
     rep._table(
         f"verify.{kind}",
         ["host", "service", "check", "result", "time", "detail"],
         rows,
         styles if rep.fmt == "rich" else None,
     )
+    rep.advice(outcomes)
     shown: set[tuple[str, ...]] = set()
     for o in outcomes:
         for c in o.value.checks if o.ok else []:
