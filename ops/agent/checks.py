@@ -164,6 +164,9 @@ class Checks:
         specs = args.get("services") or []
         self.specs = specs
         self.all_specs = dict((s["name"], s) for s in (args.get("all_services") or specs))
+        # the secrets of every service of the host (env_file values, header files) are redacted
+        # from every check sent back: a log line matched by a gate can carry a token
+        self.lc._remember_secrets(self.specs, self.all_specs)
         self.clock = clock
         self.sleep = sleep
 
@@ -180,11 +183,11 @@ class Checks:
             "name": name,
             "service": spec["name"] if spec else None,
             "ok": bool(ok),
-            "detail": self.lc.secrets.redact(detail),
+            "detail": detail,
             "elapsed": round(self.clock() - t0, 3),
         }
         c.update(extra)
-        return c
+        return self.lc.secrets.redact_obj(c)
 
     def _progress(self, spec, message):
         self.emit({"event": "progress", "service": spec["name"], "message": message})
@@ -344,7 +347,7 @@ class Checks:
             signame = signame[3:]
         extra = {"signal": signame, "timeout": timeout, "old_pid": None, "new_pid": None}
         signum = int(signame) if signame.isdigit() else getattr(signal, "SIG" + signame, None)
-        if not isinstance(signum, int) or signum <= 0:
+        if not isinstance(signum, int) or signum <= 0 or signum >= signal.NSIG:
             return self._check("restart", spec, False, "unknown signal %r" % signame, t0, **extra)
         own_policy = (spec.get("restart") or {}).get("policy", "no") != "no"
         if not spec.get("supervised_by") and not own_policy:
@@ -385,6 +388,9 @@ class Checks:
         ready = spec.get("ready") or {}
         watch = LogWatch(expand(spec["log"], self.lc.checkout)) if ready.get("log") else None
         try:
+            cur = procs.get(old.pid)  # still the process judged above (pid + start time)?
+            if cur is None or not cur.alive or cur.starttime != old.starttime:
+                raise ProcessLookupError(old.pid)
             os.kill(old.pid, signum)
         except ProcessLookupError:
             return self._check(
@@ -394,6 +400,9 @@ class Checks:
             return self._check(
                 "restart", spec, False, "not allowed to signal pid %d (another user's)" % old.pid, t0, **extra
             )
+        except OSError as exc:
+            detail = "cannot signal pid %d: %s" % (old.pid, exc.strerror or exc)
+            return self._check("restart", spec, False, detail, t0, **extra)
         killed = self.clock()
         self._progress(
             spec, "sent SIG%s to pid %d (child of %s pid %d)" % (signame, old.pid, sup["name"], sup_pid)
@@ -569,10 +578,7 @@ class Checks:
         if not hb:
             return self._check("heartbeat", spec, False, "%s declares no heartbeat" % spec["name"], t0)
         path = expand(hb["file"], self.lc.checkout)
-        try:
-            age, detail = heartbeat_age(dict(hb, file=path))
-        except OSError as exc:  # not readable by this user, a directory...
-            age, detail = None, "heartbeat %s cannot be read: %s" % (path, exc.strerror or exc)
+        age, detail = heartbeat_age(dict(hb, file=path))
         extra = {"path": path, "age": None if age is None else round(age, 3), "max_age": hb["max_age"]}
         if age is None:
             return self._check("heartbeat", spec, False, detail, t0, **extra)

@@ -125,7 +125,7 @@ def tail_lines(path, n, since=None):
                 pos -= step
                 f.seek(pos)
                 data = f.read(step) + data
-    except FileNotFoundError:
+    except OSError:  # missing, a directory, not readable by this user: no lines, never an agent error
         return []
     lines = data.decode("utf-8", "replace").splitlines()
     return lines[-n:] if n else []
@@ -139,6 +139,11 @@ def http_check(health, secrets=None, timeout=None):
         value = secrets.read_file(path)
         if value is None:
             return False, "header %s: cannot read %s on the host" % (name, path), None
+        if "\n" in value or "\r" in value:
+            # http.client would refuse it with the value's repr in the message, which redaction
+            # (of the exact value) does not catch: say so without the value
+            return False, "header %s: %s holds more than one line; a header value is one line" % (
+                name, path), None
         headers[name] = value
     import urllib.error  # imported on first use: it costs ~40 ms of every agent start-up
     import urllib.request
@@ -247,6 +252,8 @@ def heartbeat_age(hb, now=None):
             ts = os.stat(path).st_mtime
     except FileNotFoundError:
         return None, "heartbeat %s does not exist" % path
+    except OSError as exc:  # not readable by this user, a directory...
+        return None, "heartbeat %s cannot be read: %s" % (path, exc.strerror or exc)
     except (ValueError, KeyError, TypeError) as exc:
         return None, "heartbeat %s unreadable: %s" % (path, exc)
     return now - ts, "heartbeat %s is %.1fs old" % (path, now - ts)

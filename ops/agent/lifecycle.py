@@ -604,6 +604,10 @@ class Lifecycle:
 
         exit_code is the service's own exit code when it exited by itself; not when we killed it."""
         table = self._snapshot()
+        if starttime is None and proc.returncode is None and proc.pid in table:
+            # its identity could not be read at the spawn; it is our child, not reaped yet, so
+            # the pid is still its own
+            starttime = table[proc.pid].starttime
         cleanup = self._terminate(
             table,
             proc.pid,
@@ -752,14 +756,20 @@ class Lifecycle:
     def _targets(self, table, pid, starttime, pgid, specs, since=None):
         """What belongs to the service right now: the root pid (only while it is the same
         process) and its descendants, its process group, and for a failed start also the
-        processes matching its patterns born since the start."""
+        processes matching its patterns born since the start.
+
+        A root whose start time is unknown is never a target (its pid may be someone else's now),
+        nor is a group whose id is now the pid of another process (a reused group id)."""
         targets = {}
         root = table.get(pid)
-        if root is not None and root.alive and starttime in (None, root.starttime):
+        if root is not None and root.alive and starttime is not None and root.starttime == starttime:
             targets[pid] = root.starttime
             for p in procs.descendants(table, pid):
                 if p.alive:
                     targets[p.pid] = p.starttime
+        leader = table.get(pgid) if pgid else None
+        if pgid == pid and leader is not None and leader.starttime != starttime:
+            pgid = None  # that group id now belongs to a process that is not the one we started
         if pgid:
             for p in table.values():
                 if p.alive and p.pgid == pgid:

@@ -23,6 +23,7 @@ from .lifecycle import Lifecycle
 from .state import expand
 
 VERSION = os.environ.get("OPS_AGENT_VERSION", "dev")
+EXEC_DRAIN = 5.0  # s to read what is left of a timed-out command's output after its group is killed
 
 
 class Channel:
@@ -135,8 +136,15 @@ def op_exec(args, emit):
             os.killpg(p.pid, signal.SIGKILL)
         except OSError:
             pass
-        out, err = p.communicate()
         timed_out = True
+        try:
+            out, err = p.communicate(timeout=EXEC_DRAIN)
+        except subprocess.TimeoutExpired as exc:
+            # something that left the group (setsid) still holds the pipes: keep what was read
+            out, err = exc.output or b"", exc.stderr or b""
+            p.stdout.close()
+            p.stderr.close()
+            p.wait()
     return {
         "exit_code": p.returncode,
         "stdout": out.decode("utf-8", "replace"),
@@ -198,6 +206,8 @@ def _loop(inp, chan):
             continue
         try:
             req = json.loads(line)
+            if not isinstance(req, dict):
+                raise ValueError("not an object")
             rid = req.get("id")
         except ValueError:
             chan.send({"event": "error", "type": "protocol", "message": "bad JSON request"})

@@ -134,13 +134,15 @@ class Supervisor:
                 time.sleep(0.02)
             if child.poll() is not None:
                 break
-            log("%s: pid %d ignored SIG%s for %.1fs (%s); escalating" % (
-                self.name, child.pid, "TERM" if s != signal.SIGKILL else "KILL", wait, reason))
-        # the group may still hold grandchildren
-        try:
-            os.killpg(child.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+            log("%s: pid %d ignored %s for %.1fs (%s); escalating" % (
+                self.name, child.pid, signal.Signals(s).name, wait, reason))
+        # the group may still hold grandchildren; the child is reaped now, so its pid (the group
+        # id) is only still ours while a member of the group is alive: never signal a reused id
+        if any(p.alive and p.pgid == child.pid for p in procs.snapshot().values()):
+            try:
+                os.killpg(child.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         self.child = None
         return child.returncode
 
