@@ -225,10 +225,10 @@ class Supervisor:
             self.on_exit(code)
             return True
         if self.clock() - self.child_started >= self.stable_after and self.backoff != self.backoff0:
-            log("%s: stable for %gs; backoff reset to %gs" % (self.name, self.stable_after, self.backoff0))
             self.backoff = self.backoff0
             self.short_runs = []
-            self.save()
+            self.save()  # before the log line: whoever reads that line finds the state already saved
+            log("%s: stable for %gs; backoff reset to %gs" % (self.name, self.stable_after, self.backoff0))
         self.check_heartbeat()
         return True
 
