@@ -84,7 +84,7 @@ def _lock_holder(path):
 
 
 def op_deploy_lock(args, emit):
-    """Take the host's deploy lock atomically (O_EXCL). Waits up to `wait` seconds."""
+    """Take the host's deploy lock atomically, content included. Waits up to `wait` seconds."""
     p = _paths(args)
     os.makedirs(p["state_dir"], exist_ok=True)
     me = procs.identity(os.getpid()) or {}
@@ -94,9 +94,7 @@ def op_deploy_lock(args, emit):
     deadline = time.monotonic() + float(args.get("wait") or 0)
     announced = False
     while True:
-        try:
-            fd = os.open(p["lock"], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
+        if not _create_lock(p["lock"], record):
             holder = _lock_holder(p["lock"])
             if holder is None:
                 continue  # released between our open and our read
@@ -110,11 +108,36 @@ def op_deploy_lock(args, emit):
                 announced = True
             time.sleep(0.1)
             continue
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f)
         _held_locks.append(p["lock"])
         # what the host has, read under the lock (one round trip for both)
         return {"acquired": True, "holder": record, "probe": op_deploy_probe(args, emit)}
+
+
+def _create_lock(path, record):
+    """Create the lock file with its content in one step: written to a temp file, then hard-linked
+    into place (link fails if the lock exists), so no one ever reads a half-written lock (which
+    would look corrupt, hence stale, hence breakable). Without hard links: O_EXCL, then write."""
+    fd, tmp = tempfile.mkstemp(prefix=".lock-", dir=os.path.dirname(path))
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f)
+        os.chmod(tmp, 0o644)
+        try:
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError:
+            pass  # a filesystem without hard links
+    finally:
+        os.unlink(tmp)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as f:
+        json.dump(record, f)
+    return True
 
 
 def _remove(path):

@@ -136,3 +136,16 @@ def test_the_supervisor_does_not_kill_the_group_of_a_reaped_child_with_no_member
             sup.child.wait()
     assert code == -15
     assert sent == [15]  # TERM to the live group; no KILL to the group id once the child is reaped
+
+
+def test_the_deploy_lock_appears_with_its_content_and_a_second_taker_is_refused(tmp_path):
+    import json
+
+    from ops.agent import deployops
+
+    lock = tmp_path / "deploy.lock"
+    assert deployops._create_lock(str(lock), {"user": "alice"}) is True
+    assert json.loads(lock.read_text()) == {"user": "alice"}
+    assert deployops._create_lock(str(lock), {"user": "bob"}) is False
+    assert json.loads(lock.read_text()) == {"user": "alice"}
+    assert [p.name for p in tmp_path.iterdir()] == ["deploy.lock"]  # no temp file left behind
