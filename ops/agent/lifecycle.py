@@ -454,23 +454,18 @@ class Lifecycle:
         gates = self._gate_list(spec, children, proc.pid, t_start, watches)
         deadline = m_start + max([spec["ready"]["timeout"]] + [c["ready"]["timeout"] for c in children])
         passed = []
+
+        def fail(gate, detail, exit_code=None):
+            return self._failed_start(spec, children, proc, ident["starttime"], t_start, position,
+                                      passed, gate, detail, exit_code=exit_code)
+
         while True:
             rc = proc.poll()
             if rc is not None:
                 self.spawned.pop(proc.pid, None)
                 pending = gates[0]["name"] if gates else "process"
-                return self._failed_start(
-                    spec,
-                    children,
-                    proc,
-                    ident["starttime"],
-                    t_start,
-                    position,
-                    passed,
-                    pending,
-                    "the process exited with code %d before %s passed" % (rc, pending),
-                    exit_code=rc,
-                )
+                return fail(pending, "the process exited with code %d before %s passed" % (rc, pending),
+                            exit_code=rc)
             # the process table is read only when a pending gate looks at it (not for a log gate)
             table = self._snapshot() if any(g["table"] for g in gates) else {}
             for g in list(gates):
@@ -497,17 +492,7 @@ class Lifecycle:
                 )
             if self.clock() >= deadline:
                 g = gates[0]
-                return self._failed_start(
-                    spec,
-                    children,
-                    proc,
-                    ident["starttime"],
-                    t_start,
-                    position,
-                    passed,
-                    g["name"],
-                    "timed out after %.1fs: %s" % (self.clock() - m_start, g["detail"]),
-                )
+                return fail(g["name"], "timed out after %.1fs: %s" % (self.clock() - m_start, g["detail"]))
             self.sleep(POLL)
 
     def _gate_list(self, spec, children, pid, t_start, watches):
