@@ -12,12 +12,11 @@ supervisor's recorded process.
 """
 
 import os
-import re
 import signal
 import time
 
 from . import procs
-from .gates import LogWatch, describe_pids, heartbeat_age, http_check, port_gate, tree_pids
+from .gates import LogMatcher, LogWatch, describe_pids, heartbeat_age, http_check, port_gate, tree_pids
 from .lifecycle import POLL, Lifecycle
 from .state import expand
 
@@ -503,12 +502,12 @@ class Checks:
         gates = []
         ready = spec.get("ready") or {}
         if watch is not None:
-            rx = re.compile(ready["log"])
+            matcher = LogMatcher(watch, ready["log"])
 
             def log_check(_table, _left):
-                for line in watch.new_lines():
-                    if rx.search(line):
-                        return True, "log line matched: %s" % line.strip()[:120]
+                line, _last = matcher.check()
+                if line is not None:
+                    return True, "log line matched: %s" % line.strip()[:120]
                 return False, "no line matching /%s/ written to %s since the kill" % (
                     ready["log"],
                     watch.path,

@@ -15,25 +15,51 @@ from .secrets import Secrets
 class _FileTail:
     """New complete lines of one open file from an offset; starts over at 0 if it is truncated
     (the size drops below the offset, or the bytes just before the offset change because it was
-    truncated and written past the old offset between two reads)."""
+    truncated and written past the old offset between two reads).
+
+    Content this tail finds already in place when it starts over at 0 (after a truncation, or
+    for a file that replaced the log: see LogWatch) may be old content carried over by whoever
+    rewrote the file (`tail -n 100 log > t && mv t log`, `sed -i`). Those bytes (the file's size
+    when first seen) are read as a block, and everything up to the LAST line of that block that
+    is a copy of a known old line (`old`: the lines the log held before the watch started, and
+    every line read since) is dropped; what follows counts as new. Lines appended after that
+    first sight always count. So a rotation to a new empty file passes on its first new line,
+    while a file rewritten with old content never passes on an old "ready".
+    """
 
     MARK = 64  # bytes before the offset remembered to detect truncate-and-regrow
     CHUNK = 4 << 20  # at most this much is read per call; the rest comes next call
 
-    def __init__(self, f, offset):
+    def __init__(self, f, offset, old=None, first_sight=False):
         self.f = f
         self.inode = os.fstat(f.fileno()).st_ino
         self.offset = offset
         n = min(self.MARK, offset)
         self.mark = os.pread(f.fileno(), n, offset - n) if n else b""
         self.partial = b""
+        self.old = old if old is not None else set()
+        self.carry_end = None  # bytes [0, carry_end) were in place at first sight
+        self.carried = []
+        if first_sight:
+            self._first_sight(os.fstat(f.fileno()).st_size)
+
+    def _first_sight(self, size):
+        self.offset, self.mark, self.partial, self.carried = 0, b"", b"", []
+        self.carry_end = size if (self.old and size) else None
+
+    def _drop_copies(self, lines):
+        last = -1
+        for i, ln in enumerate(lines):
+            if ln.strip() and hash(ln) in self.old:
+                last = i
+        return lines[last + 1 :]
 
     def lines(self):
         fd = self.f.fileno()
         size = os.fstat(fd).st_size
         n = len(self.mark)
         if size < self.offset or (n and os.pread(fd, n, self.offset - n) != self.mark):
-            self.offset, self.mark, self.partial = 0, b"", b""
+            self._first_sight(size)
         if size <= self.offset:
             return []
         data = os.pread(fd, min(size - self.offset, self.CHUNK), self.offset)
@@ -41,10 +67,33 @@ class _FileTail:
         self.mark = (self.mark + data)[-self.MARK :]
         lines = (self.partial + data).split(b"\n")
         self.partial = lines.pop()
+        if self.carry_end is not None:
+            self.carried.extend(lines)
+            if self.offset < self.carry_end:
+                return []  # the rest of the block comes next call
+            lines, self.carried, self.carry_end = self._drop_copies(self.carried), [], None
+        for ln in lines:
+            if ln.strip():
+                self.old.add(hash(ln))  # read once: a later copy of it is not new
         return [ln.decode("utf-8", "replace") for ln in lines]
+
+    def pending(self):
+        """The unfinished last line (None while a carried-over block is still being judged)."""
+        return None if self.carry_end is not None else self.partial.decode("utf-8", "replace")
 
     def close(self):
         self.f.close()
+
+
+def _old_lines(f, offset, window):
+    """Hashes of the non-blank lines among the last `window` bytes before offset."""
+    start = max(0, offset - window)
+    data = os.pread(f.fileno(), offset - start, start)
+    lines = data.split(b"\n")
+    if start > 0 and lines:
+        lines.pop(0)  # cut in the middle
+    lines.pop()  # the empty piece after the last newline, or an unfinished line
+    return {hash(ln) for ln in lines if ln.strip()}
 
 
 class LogWatch:
@@ -55,19 +104,31 @@ class LogWatch:
     comes to name another file (created, or the log rotated by rename), the new file is read from
     its start, and the old one is still read: whoever writes it (a service whose stdout is that
     file) may never reopen the path.
+
+    A file that replaces the log (or a truncated log written again) is judged against the old
+    content: the last OLD_WINDOW bytes before the start offset, and every line read since, are
+    remembered (as hashes), and a leading block copied from them is not new (see _FileTail).
+    A log that did not exist at creation has no old content: all of it is new.
     """
 
     KEEP_ROTATED = 4
+    OLD_WINDOW = 1 << 20
 
     def __init__(self, path):
         self.path = path
         self.cur = None
         self.rotated = []
+        self.old = set()
         try:
             f = open(path, "rb")  # noqa: SIM115 (held open: closed by close())
         except OSError:  # not there yet: everything it will contain is new
             return
-        self.cur = _FileTail(f, os.fstat(f.fileno()).st_size)
+        size = os.fstat(f.fileno()).st_size
+        try:
+            self.old = _old_lines(f, size, self.OLD_WINDOW)
+        except OSError:
+            self.old = set()
+        self.cur = _FileTail(f, size, self.old)
 
     @property
     def inode(self):
@@ -97,17 +158,54 @@ class LogWatch:
                 self.rotated.append(self.cur)
                 while len(self.rotated) > self.KEEP_ROTATED:
                     self.rotated.pop(0).close()
-            self.cur = _FileTail(f, 0)
+            self.cur = _FileTail(f, 0, self.old, first_sight=True)
             out.extend(self.cur.lines())
         return out
 
     def pending_partial(self):
-        return self.cur.partial.decode("utf-8", "replace") if self.cur is not None else ""
+        p = self.cur.pending() if self.cur is not None else None
+        return p or ""
+
+    def pending_partials(self):
+        """The unfinished last line of each file read (the current one and rotated ones)."""
+        tails = self.rotated + ([self.cur] if self.cur is not None else [])
+        return [p for p in (t.pending() for t in tails) if p]
 
     def close(self):
         for tail in self.rotated + ([self.cur] if self.cur is not None else []):
             tail.close()
         self.rotated, self.cur = [], None
+
+
+class LogMatcher:
+    """The log gate: the first line written since the watch was created that matches pattern.
+
+    A last line without its newline counts too (a service printing `ready` without a newline,
+    or with a buffered one), once it has stayed the same for one poll: a line still being
+    written (`rea`... `ready-ish`) is not judged half way."""
+
+    def __init__(self, watch, pattern):
+        self.watch = watch
+        self.pattern = pattern
+        self.rx = re.compile(pattern)
+        self.last = None
+        self.partials = []
+
+    def check(self):
+        """(matched line or None, last line seen or None)."""
+        for line in self.watch.new_lines():
+            self.last = line
+            if self.rx.search(line):
+                return line, line
+        partials = self.watch.pending_partials()
+        steady = [p for p in partials if p in self.partials]
+        self.partials = partials
+        for p in steady:
+            if self.rx.search(p):
+                return p, p
+        if partials:
+            self.last = partials[-1]
+        return None, self.last
 
 
 def tail_lines(path, n, since=None):

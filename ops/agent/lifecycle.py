@@ -5,7 +5,6 @@ start time or boot id differs is someone else's and is never signalled.
 """
 
 import os
-import re
 import shlex
 import signal
 import subprocess
@@ -14,6 +13,7 @@ import time
 
 from . import procs
 from .gates import (
+    LogMatcher,
     LogWatch,
     child_gate,
     describe_pids,
@@ -499,15 +499,12 @@ class Lifecycle:
         gates = []
 
         def log_gate(watch, pattern):
-            rx = re.compile(pattern)
-            seen = {"last": None}
+            matcher = LogMatcher(watch, pattern)
 
             def check(_table):
-                for line in watch.new_lines():
-                    seen["last"] = line
-                    if rx.search(line):
-                        return True, "log line matched: %s" % self.secrets.redact(line.strip())[:120]
-                last = seen["last"]
+                line, last = matcher.check()
+                if line is not None:
+                    return True, "log line matched: %s" % self.secrets.redact(line.strip())[:120]
                 return False, "no line matching /%s/ written to %s since this start%s" % (
                     pattern,
                     watch.path,

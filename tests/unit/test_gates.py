@@ -292,3 +292,92 @@ def test_describe_pids_keeps_the_end_of_long_command_lines() -> None:
     assert text.endswith("port_holder.py --port 8770)")
     assert len(text) < 180
     assert gates.describe_pids({}, []) == "an unknown process (not visible to this user)"
+
+
+# --- issue 12: a replaced log carrying old lines; a last line without its newline ---------------
+
+
+def test_logwatch_skips_old_lines_carried_into_a_file_that_replaces_the_log(tmp_path: Path) -> None:
+    log = tmp_path / "svc.log"
+    log.write_text("run 1 booting\nrun 1 ready\n")
+    watch = LogWatch(str(log))
+    trimmed = tmp_path / "svc.log.tmp"
+    trimmed.write_text(log.read_text().splitlines()[-1] + "\n")  # tail -n 1 log > tmp
+    os.rename(trimmed, log)  # && mv tmp log
+
+    assert watch.new_lines() == []
+    append(log, "run 2 ready\n")
+    assert watch.new_lines() == ["run 2 ready"]
+
+
+def test_logwatch_skips_old_lines_of_a_log_rewritten_in_place_by_sed(tmp_path: Path) -> None:
+    log = tmp_path / "svc.log"
+    log.write_text("".join(f"line {i}\n" for i in range(100)) + "ready\nnoise\n")
+    watch = LogWatch(str(log))
+    append(log, "booting again\n")
+    assert watch.new_lines() == ["booting again"]
+    # sed -i '/noise/d' log: a new file holding the old lines minus some, and the new one
+    kept = [ln for ln in log.read_text().splitlines() if ln != "noise"]
+    tmp = tmp_path / "sedXYZ"
+    tmp.write_text("\n".join(kept) + "\n")
+    os.rename(tmp, log)
+
+    assert watch.new_lines() == []
+
+
+def test_logwatch_skips_old_lines_written_back_after_a_truncation(tmp_path: Path) -> None:
+    log = tmp_path / "svc.log"
+    log.write_text("a long line that came before\n" * 5 + "ready\n")
+    watch = LogWatch(str(log))
+    tail = log.read_text().splitlines()[-2:]
+    log.write_text("\n".join(tail) + "\n")  # cat tmp > log: same inode, old content
+
+    assert watch.new_lines() == []
+    append(log, "ready at last\n")
+    assert watch.new_lines() == ["ready at last"]
+
+
+def test_logwatch_reads_a_new_empty_file_that_replaced_the_log_from_its_first_line(tmp_path: Path) -> None:
+    log = tmp_path / "svc.log"
+    log.write_text("ready\n")  # the same line the new run will print
+    watch = LogWatch(str(log))
+    os.rename(log, tmp_path / "svc.log.1")
+    log.write_text("")  # a real rotation: a new, empty file
+    assert watch.new_lines() == []
+
+    append(log, "ready\n")
+
+    assert watch.new_lines() == ["ready"]
+
+
+def test_logwatch_counts_new_lines_that_follow_the_carried_block(tmp_path: Path) -> None:
+    log = tmp_path / "svc.log"
+    log.write_text("old 1\nold 2\n")
+    watch = LogWatch(str(log))
+    tmp = tmp_path / "t"
+    tmp.write_text("old 2\nnew ready 17:03:01\n")  # rotated with the old tail, then written
+    os.rename(tmp, log)
+
+    assert watch.new_lines() == ["new ready 17:03:01"]
+
+
+def test_log_matcher_matches_a_last_line_without_a_newline_once_it_is_steady(tmp_path: Path) -> None:
+    log = tmp_path / "svc.log"
+    log.write_text("")
+    matcher = gates.LogMatcher(LogWatch(str(log)), "^ready$")
+    append(log, "booting\nready")  # no newline after it, ever
+
+    assert matcher.check() == (None, "ready")  # seen once: it may still be growing
+    assert matcher.check() == ("ready", "ready")
+
+
+def test_log_matcher_does_not_judge_a_line_still_being_written(tmp_path: Path) -> None:
+    log = tmp_path / "svc.log"
+    log.write_text("")
+    matcher = gates.LogMatcher(LogWatch(str(log)), "^ready$")
+    append(log, "ready")
+    assert matcher.check()[0] is None
+    append(log, "-ish")  # it was not the whole line
+
+    assert matcher.check()[0] is None
+    assert matcher.check()[0] is None  # "ready-ish" is steady now but does not match
