@@ -60,6 +60,7 @@ class Restart:
     stable_after: float = 60.0
     breaker: int = 5
     min_uptime: float = 30.0
+    max_restarts: int | None = None  # restarts in all, whatever their uptime; then fatal
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ class Service:
     max_instances: int | None = None
     restart: Restart = field(default_factory=Restart)
     checks: tuple[str, ...] = ()  # what `verify.all` runs for it, in order (VERIFY_CHECKS); () = default
+    supervisor_log: str | None = None  # the tool's supervisor's own lines (restart policy only)
 
     @property
     def supervised(self) -> bool:
@@ -136,7 +138,9 @@ class Service:
                 "stable_after": self.restart.stable_after,
                 "breaker": self.restart.breaker,
                 "min_uptime": self.restart.min_uptime,
+                "max_restarts": self.restart.max_restarts,
             },
+            "supervisor_log": self.supervisor_log,
         }
 
 
@@ -281,6 +285,7 @@ SERVICE_KEYS: dict[str, Checker] = {
     "stable_after": _is_num,
     "breaker": _is_int,
     "min_uptime": _is_num,
+    "max_restarts": _is_int,
     "checks": _is_str_list,
 }
 # `checks` values: the verification steps of ops/verify.py ("restart" kills the child: opt-in only).
@@ -643,6 +648,8 @@ def _check_service_table(ctx: _Ctx, where: str, table: Mapping[str, Any], partia
     if "restart" in table and table["restart"] not in ("no", "on-failure", "always"):
         raise ctx.fail(where, 'key \'restart\' must be "no", "on-failure" or "always"')
     _check_timeouts(ctx, where, table, ("stop_timeout",))
+    if table.get("max_restarts", 0) < 0:
+        raise ctx.fail(where, f"key 'max_restarts' must be 0 or more, got {table['max_restarts']}")
     for sub in ("ready", "health"):
         if sub in table:
             _check_timeouts(ctx, f"{where}.{sub}", table[sub], ("timeout",))
@@ -984,6 +991,7 @@ def _build_service(
         stable_after=float(t.get("stable_after", 60.0)),
         breaker=int(t.get("breaker", 5)),
         min_uptime=float(t.get("min_uptime", 30.0)),
+        max_restarts=t.get("max_restarts"),
     )
     return Service(
         name=name,
@@ -1005,6 +1013,8 @@ def _build_service(
         max_instances=t.get("max_instances"),
         restart=restart,
         checks=_verify_checks(ctx, where, t, supervised_by, health, heartbeat),
+        supervisor_log=(f"{variables['state_dir']}/logs/{name}.supervisor.log"
+                        if restart.policy != "no" else None),
     )
 
 

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 
-from . import procs
+from . import procs, supview
 from .gates import (
     LogMatcher,
     LogWatch,
@@ -56,6 +56,7 @@ class Lifecycle:
         # a service stopped by a later request of the same task is reaped, never left a zombie
         self.spawned = _SPAWNED
         self.protected = procs.self_and_ancestors()
+        self._sup_log_offset = {}  # service -> size of its supervisor's log before this start
 
     # --- helpers ---------------------------------------------------------------------------
 
@@ -154,6 +155,7 @@ class Lifecycle:
             if sup is not None:
                 out.update(supervisor_pid=pid, restarts=sup.get("restarts"), last_exit=sup.get("last_exit"),
                            last_reason=sup.get("last_reason"), supervisor=sup.get("state"))
+                out.update(supview.status_fields(sup))
             if pid is not None and sup is not None:
                 owner_root = pid
                 child = sup.get("child_pid")
@@ -165,13 +167,10 @@ class Lifecycle:
                         wait, sup.get("restarts") or 0, sup.get("last_reason")))
                 else:
                     out.update(state="running", pid=child or pid)
-            elif sup is not None and sup.get("state") in ("fatal", "done") and not state.get("stopped"):
-                out.update(
-                    state="fatal" if sup["state"] == "fatal" else "stopped",
-                    detail=("crash loop: %d short runs (exit codes %s); `start %s` resets it" % (
-                        len(sup.get("short_runs") or []),
-                        ", ".join(str(c) for c in sup.get("short_runs") or []), name)
-                        if sup["state"] == "fatal" else "finished (exit 0)"))
+            elif sup is not None and sup.get("state") == "fatal":  # until `start` resets it
+                out.update(state="fatal", detail=supview.fatal_detail(sup, name))
+            elif sup is not None and sup.get("state") == "done" and not state.get("stopped"):
+                out.update(state="stopped", detail="finished (exit 0)")
             elif pid is not None:
                 out.update(state="running", pid=pid)
                 owner_root = pid
@@ -185,6 +184,9 @@ class Lifecycle:
                 )
             elif note:
                 out["detail"] = note
+            note = supview.write_error_note(sup)
+            if note:
+                out["detail"] = (out["detail"] + "; " if out["detail"] else "") + note
         if out["pid"] is not None:
             p = table.get(out["pid"])
             if p is not None:
@@ -389,7 +391,11 @@ class Lifecycle:
             "restart": spec["restart"], "heartbeat": heartbeat, "match": spec["match"],
             "max_instances": spec.get("max_instances"), "stop_timeout": spec["stop_timeout"],
             "stop_signal": spec.get("stop_signal", "TERM"),
+            "port": spec.get("port"),  # spawns wait while anyone holds it
+            # its own lines go here, never into the service's log (which the log gate reads)
+            "supervisor_log": self.supervisor_log(spec),
         }
+        self._sup_log_offset[name] = supview.log_size(sup_spec["supervisor_log"])
         spec_path = os.path.join(self.store.root, "services", name + ".supervise.json")
         write_json_atomic(spec_path, sup_spec)
         try:
@@ -397,6 +403,12 @@ class Lifecycle:
         except FileNotFoundError:
             pass
         return [sys.executable, archive, "supervise", spec_path], state_path
+
+    def supervisor_log(self, spec):
+        """Where the tool's supervisor of a service writes its own lines."""
+        path = spec.get("supervisor_log") or os.path.join(
+            self.store.root, "logs", spec["name"] + ".supervisor.log")
+        return expand(path, self.checkout)
 
     def supervisor_state(self, state):
         """What the tool's supervisor last wrote for a service it runs (None if not supervised)."""
@@ -464,6 +476,9 @@ class Lifecycle:
             if rc is not None:
                 self.spawned.pop(proc.pid, None)
                 pending = gates[0]["name"] if gates else "process"
+                ended = supervised and supview.ended_during_start(read_json(supervised), name, pending)
+                if ended:  # the service's own exit codes, not its supervisor's exit 0
+                    return fail(pending, ended[0], exit_code=ended[1])
                 return fail(pending, "the process exited with code %d before %s passed" % (rc, pending),
                             exit_code=rc)
             # the process table is read only when a pending gate looks at it (not for a log gate)
@@ -606,10 +621,15 @@ class Lifecycle:
         self.store.mark(
             spec["name"], stopped=True, last_start="failed", stopped_at=time.time(), exit_code=exit_code
         )
+        extra = {}
+        if spec["name"] in self._sup_log_offset:  # the supervisor's own words, beside the service's
+            extra["supervisor_log_tail"] = [self.secrets.redact(ln) for ln in tail_lines(
+                self.supervisor_log(spec), LOG_TAIL, self._sup_log_offset[spec["name"]])]
         return self._result(
             spec,
             "failed",
             pid=proc.pid,
+            **extra,
             gates=passed + [{"name": gate, "ok": False, "detail": detail}],
             failed_gate=gate,
             detail=detail,

@@ -92,6 +92,10 @@ class Rig:
     def log(self, service: str) -> Path:
         return self.state_dir / "logs" / f"{service}.log"
 
+    def supervisor_log(self, service: str) -> Path:
+        """The tool's supervisor's own lines for a service with a restart policy."""
+        return self.state_dir / "logs" / f"{service}.supervisor.log"
+
     def demo(
         self,
         *,

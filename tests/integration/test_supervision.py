@@ -35,9 +35,10 @@ def test_a_crash_loop_trips_the_breaker_shows_fatal_and_start_resets_it(rig: Rig
                                                                                   "timeout": 2}}})
     r = by_name(rig.start())["svc"]
     assert r["outcome"] == "failed"
-    log = rig.log("svc").read_text()
-    assert "CRITICAL svc: 3 consecutive runs shorter than 5s (exit codes 3, 3, 3); not restarting" in log
+    log, words = rig.log("svc").read_text(), rig.supervisor_log("svc").read_text()
+    assert "CRITICAL svc: 3 consecutive runs shorter than 5s (exit codes 3, 3, 3); not restarting" in words
     assert log.count("fatal: cannot start") == 3
+    assert "ops-supervisor" not in log
     rig.wait_none_running(timeout=5)
 
 
@@ -75,7 +76,7 @@ def test_a_killed_child_comes_back_after_the_backoff_and_status_counts_it(rig: R
     wait_until(lambda: rig.status("svc")["svc"]["pid"] not in (None, child), timeout=10)
     st = rig.status("svc")["svc"]
     assert st["state"] == "running" and st["restarts"] == 2 and st["last_exit"] == -9
-    assert "restarting in 0.4s" in rig.log("svc").read_text()  # the backoff doubled
+    assert "restarting in 0.4s" in rig.supervisor_log("svc").read_text()  # the backoff doubled
 
 
 def test_status_shows_backoff_with_the_next_try(local_rig: Rig) -> None:
@@ -98,7 +99,7 @@ def test_stop_is_never_followed_by_a_restart(rig: Rig) -> None:
     assert r["outcome"] == "stopped", r
     assert not pid_alive(child)
     rig.wait_none_running(timeout=0)
-    assert "not restarting" in rig.log("svc").read_text()
+    assert "not restarting" in rig.supervisor_log("svc").read_text()
     assert rig.status("svc")["svc"]["state"] == "stopped"
     # and nothing comes back afterwards
     with pytest.raises(TimeoutError):
