@@ -206,6 +206,8 @@ class Reporter:
                     detail = (detail + "; " if detail else "") + h["detail"]
                 elif s.get("supervised_by"):
                     detail = detail or f"child of {s['supervised_by']}"
+                if s.get("supervisor_last") and s["state"] != "running":  # the tool's supervisor's words
+                    detail = (detail + "; " if detail else "") + f"supervisor log: {s['supervisor_last']}"
                 rows.append(
                     [
                         o.host,
@@ -295,6 +297,11 @@ class Reporter:
                     )
                     for ln in r["log_tail"]:
                         self.line(f"  | {ln}")
+                    sup_tail = r.get("supervisor_log_tail")
+                    if sup_tail:
+                        self.line(f"{o.host}: its supervisor's last {len(sup_tail)} lines:", "bold red")
+                        for ln in sup_tail:
+                            self.line(f"  | {ln}")
                     for child, lines in (r.get("child_log_tails") or {}).items():
                         self.line(f"{o.host}: last {len(lines)} lines of {child}'s log:", "bold red")
                         for ln in lines:
@@ -311,6 +318,11 @@ class Reporter:
             return
         for ln in data["lines"]:
             print(ln, file=self.out)
+        sup = data.get("supervisor")
+        if sup and sup["exists"]:
+            self.line(f"{host}: {service}: the tool's supervisor ({sup['path']}):")
+            for ln in sup["lines"]:
+                print(ln, file=self.out)
 
     def follow_line(self, text: str) -> None:
         if self.fmt == "json":

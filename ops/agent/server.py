@@ -86,8 +86,15 @@ def _log_secrets(args):
 def op_logs(args, emit):
     path = expand(args["path"], expand(args.get("base") or "~"))
     secrets = _log_secrets(args)
-    lines = [secrets.redact(ln) for ln in tail_lines(path, int(args.get("lines", 50)))]
-    return {"path": path, "lines": lines, "exists": os.path.exists(path)}
+    n = int(args.get("lines", 50))
+    lines = [secrets.redact(ln) for ln in tail_lines(path, n)]
+    out = {"path": path, "lines": lines, "exists": os.path.exists(path)}
+    sup_log = (args.get("service") or {}).get("supervisor_log")
+    if sup_log:  # the tool's supervisor's own lines, shown beside the service's
+        sup_path = expand(sup_log, expand(args.get("base") or "~"))
+        out["supervisor"] = {"path": sup_path, "exists": os.path.exists(sup_path),
+                             "lines": [secrets.redact(ln) for ln in tail_lines(sup_path, n)]}
+    return out
 
 
 def op_follow(args, emit):

@@ -49,6 +49,7 @@ from .state import write_json_atomic
 
 TICK = 0.05
 KILL_WAIT = 5.0
+SAVE_RETRY = 1.0  # s between tries to write a state that could not be written (a full disk)
 
 
 def _line(message, now):
@@ -95,6 +96,7 @@ class Supervisor:
         self.hb_changed = None
         self.hb_bad_since = None  # first of the consecutive failed heartbeat reads (monotonic)
         self.write_errors = {}  # "log" | "state" -> {"count", "last", "at"}
+        self.unsaved = None  # when (monotonic) a state write last failed; retried every SAVE_RETRY
         self.state = "starting"
 
     # --- writing (never fatal) ----------------------------------------------------------------
@@ -131,10 +133,13 @@ class Supervisor:
         }
         try:
             write_json_atomic(self.spec["state_path"], data)
+            self.unsaved = None
         except OSError as exc:
             self._write_failed("state", exc)
-            self.log("%s: cannot write its state %s: %s" % (
-                self.name, self.spec["state_path"], exc.strerror or exc))
+            if self.unsaved is None:
+                self.log("%s: cannot write its state %s: %s; retrying every %gs" % (
+                    self.name, self.spec["state_path"], exc.strerror or exc, SAVE_RETRY))
+            self.unsaved = now
 
     # --- child --------------------------------------------------------------------------------
 
@@ -322,6 +327,8 @@ class Supervisor:
             return False
         if self.state in ("fatal", "done"):
             return False
+        if self.unsaved is not None and self.clock() - self.unsaved >= SAVE_RETRY:
+            self.save()
         if self.child is None:
             if self.clock() >= self.next_try:
                 self.spawn()
