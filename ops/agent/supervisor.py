@@ -375,6 +375,7 @@ def _own_log(path):
     stdout) is kept for the child. Returns (the child's fd, an error or None)."""
     child_out = os.dup(1)
     try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
         err = None
     except OSError as exc:  # its words are lost, never written into the service's log
