@@ -76,6 +76,38 @@ def status(session: HostSession, names: list[str] | None = None, health: bool = 
     return session.call("status", args)["services"]
 
 
+# `inv status` exit codes (like `systemctl is-active`: 0 only when everything is up). 0-3 keep
+# their meaning for every task; the worst finding wins, in the order of STATUS_PRECEDENCE.
+STATUS_OK = 0  # every selected service is running and healthy
+STATUS_UNHEALTHY = 1  # running, but a health check failed or its port is not held by it
+STATUS_UNREACHABLE = 3  # a host could not be asked
+STATUS_STOPPED = 6  # stopped (by the user, never started, or finished)
+STATUS_FAILED = 7  # should run but does not: dead, backoff (crashed, waiting), fatal
+STATUS_UNKNOWN = 8  # cannot tell: a corrupt state file, or a process not started by the tool
+STATUS_PRECEDENCE = (STATUS_UNREACHABLE, STATUS_FAILED, STATUS_UNKNOWN, STATUS_UNHEALTHY, STATUS_STOPPED)
+_STATE_CODES = {"stopped": STATUS_STOPPED, "dead": STATUS_FAILED, "backoff": STATUS_FAILED,
+                "fatal": STATUS_FAILED, "unknown": STATUS_UNKNOWN}
+
+
+def service_code(row: dict[str, Any]) -> int:
+    """The exit code one status row stands for."""
+    if row["state"] != "running":
+        return _STATE_CODES.get(row["state"], STATUS_UNKNOWN)
+    health = row.get("health")
+    if (health is not None and not health["ok"]) or row.get("port_ok") is False:
+        return STATUS_UNHEALTHY
+    return STATUS_OK
+
+
+def status_code(outcomes: list[Any]) -> int:
+    """`inv status`'s exit code for every host's rows (outcomes of on_hosts)."""
+    found = {STATUS_UNREACHABLE if not o.ok else STATUS_OK for o in outcomes}
+    for o in outcomes:
+        if o.ok:
+            found.update(service_code(row) for row in o.value)
+    return next((c for c in STATUS_PRECEDENCE if c in found), STATUS_OK)
+
+
 def start(session: HostSession, names: list[str] | None = None, on_event=None) -> PhaseResult:
     services = with_children(session.host, names)
     data = session.call(

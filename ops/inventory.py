@@ -35,6 +35,20 @@ class Health:
     headers: Mapping[str, str] = field(default_factory=dict)
     header_files: Mapping[str, str] = field(default_factory=dict)  # header -> file on the host
     timeout: float = 5.0
+    name: str = "health"  # several checks: each has its own name
+    gate: bool = True  # it gates the start (when ready.health); false: status/verify only
+
+    def to_agent(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "status": self.status,
+            "body": self.body,
+            "headers": dict(self.headers),
+            "header_files": dict(self.header_files),
+            "timeout": self.timeout,
+            "name": self.name,
+            "gate": self.gate,
+        }
 
 
 @dataclass(frozen=True)
@@ -72,7 +86,8 @@ class Service:
     log: str
     port: int | None = None
     ready: Ready = field(default_factory=Ready)
-    health: Health | None = None
+    health: Health | None = None  # the first of health_checks
+    health_checks: tuple[Health, ...] = ()  # every declared HTTP check (health = [{...}, {...}])
     env: Mapping[str, str] = field(default_factory=dict)
     env_file: str | None = None
     children: tuple[str, ...] = ()
@@ -92,16 +107,7 @@ class Service:
 
     def to_agent(self) -> dict[str, Any]:
         """The plain-data spec the on-host agent works from (no secrets: files are read there)."""
-        health = None
-        if self.health is not None:
-            health = {
-                "url": self.health.url,
-                "status": self.health.status,
-                "body": self.health.body,
-                "headers": dict(self.health.headers),
-                "header_files": dict(self.health.header_files),
-                "timeout": self.health.timeout,
-            }
+        health = self.health.to_agent() if self.health is not None else None
         heartbeat = None
         if self.heartbeat is not None:
             heartbeat = {
@@ -123,6 +129,7 @@ class Service:
                 "timeout": self.ready.timeout,
             },
             "health": health,
+            "health_checks": [h.to_agent() for h in self.health_checks],
             "env": dict(self.env),
             "env_file": self.env_file,
             "children": list(self.children),
@@ -220,6 +227,10 @@ def _is_table(v: Any) -> bool:
     return isinstance(v, dict)
 
 
+def _is_table_or_tables(v: Any) -> bool:
+    return isinstance(v, dict) or (isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v))
+
+
 TYPE_NAMES: dict[Checker, str] = {
     _is_str: "a string",
     _is_int: "an integer",
@@ -228,6 +239,7 @@ TYPE_NAMES: dict[Checker, str] = {
     _is_str_list: "a list of strings",
     _is_str_map: "a table of strings",
     _is_table: "a table",
+    _is_table_or_tables: "a table or a non-empty list of tables",
 }
 
 TOP_KEYS: dict[str, Checker] = {
@@ -268,7 +280,7 @@ SERVICE_KEYS: dict[str, Checker] = {
     "log": _is_str,
     "port": _is_int,
     "ready": _is_table,
-    "health": _is_table,
+    "health": _is_table_or_tables,
     "env": _is_str_map,
     "env_file": _is_str,
     "children": _is_str_list,
@@ -303,6 +315,8 @@ HEALTH_KEYS: dict[str, Checker] = {
     "headers": _is_str_map,
     "header_files": _is_str_map,
     "timeout": _is_num,
+    "name": _is_str,
+    "gate": _is_bool,
 }
 HEARTBEAT_KEYS: dict[str, Checker] = {"file": _is_str, "max_age": _is_num, "field": _is_str}
 
@@ -639,8 +653,10 @@ def _check_service_table(ctx: _Ctx, where: str, table: Mapping[str, Any], partia
     sub-tables are merged into the service's, so required keys may come from the service."""
     ctx.check_table(where, table, SERVICE_KEYS)
     for sub, schema in (("ready", READY_KEYS), ("health", HEALTH_KEYS), ("heartbeat", HEARTBEAT_KEYS)):
-        if sub in table:
-            ctx.check_table(f"{where}.{sub}", table[sub], schema)
+        for i, t in enumerate(_health_list(table[sub]) if sub == "health" and sub in table else
+                              [table[sub]] if sub in table else []):
+            suffix = f"[{i}]" if isinstance(table[sub], list) else ""
+            ctx.check_table(f"{where}.{sub}{suffix}", t, schema)
     if not partial:
         _check_required(ctx, where, table)
     if "stop_signal" in table and table["stop_signal"].upper().removeprefix("SIG") not in SIGNALS:
@@ -650,17 +666,34 @@ def _check_service_table(ctx: _Ctx, where: str, table: Mapping[str, Any], partia
     _check_timeouts(ctx, where, table, ("stop_timeout",))
     if table.get("max_restarts", 0) < 0:
         raise ctx.fail(where, f"key 'max_restarts' must be 0 or more, got {table['max_restarts']}")
-    for sub in ("ready", "health"):
-        if sub in table:
-            _check_timeouts(ctx, f"{where}.{sub}", table[sub], ("timeout",))
+    if "ready" in table:
+        _check_timeouts(ctx, f"{where}.ready", table["ready"], ("timeout",))
+    for i, h in enumerate(_health_list(table.get("health"))):
+        _check_timeouts(ctx, f"{where}.health" + (f"[{i}]" if isinstance(table["health"], list) else ""),
+                        h, ("timeout",))
     port = table.get("port")
     if port is not None and not 1 <= port <= 65535:
         raise ctx.fail(where, f"key 'port' must be between 1 and 65535, got {port}")
 
 
+def _health_list(value: Any) -> list[Mapping[str, Any]]:
+    """`health` as a list: one table, or several (`health = [{...}, {...}]`)."""
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list) else [value]
+
+
 def _check_required(ctx: _Ctx, where: str, table: Mapping[str, Any]) -> None:
-    if "health" in table and "url" not in table["health"]:
-        raise ctx.fail(f"{where}.health", "missing key 'url'", "give the URL to check")
+    checks = _health_list(table.get("health"))
+    for i, h in enumerate(checks):
+        hwhere = f"{where}.health" + (f"[{i}]" if isinstance(table["health"], list) else "")
+        if "url" not in h:
+            raise ctx.fail(hwhere, "missing key 'url'", "give the URL to check")
+        if len(checks) > 1 and "name" not in h:
+            raise ctx.fail(hwhere, "missing key 'name'", "several health checks: name each one")
+    names = [h.get("name", "health") for h in checks]
+    if len(set(names)) != len(names):
+        raise ctx.fail(f"{where}.health", "two health checks have the same name")
     if "heartbeat" in table:
         for key in ("file", "max_age"):
             if key not in table["heartbeat"]:
@@ -955,17 +988,20 @@ def _build_service(
     after = tuple(dict.fromkeys([*t.get("after", []), *t.get("depends_on", [])]))
 
     port = t.get("port")
-    health = None
-    if "health" in t:
-        h = t["health"]
-        health = Health(
+    health_checks = tuple(
+        Health(
             url=sub("health.url", h["url"]),
             status=h.get("status", 200),
             body=ctx.regex(f"{origin('health.body')}.health", "body", h["body"]) if "body" in h else None,
             headers=dict(h.get("headers", {})),
             header_files={k: sub("health.header_files", v) for k, v in h.get("header_files", {}).items()},
             timeout=float(h.get("timeout", 5.0)),
+            name=h.get("name", "health"),
+            gate=h.get("gate", True),
         )
+        for h in _health_list(t.get("health"))
+    )
+    health = health_checks[0] if health_checks else None
     r = t.get("ready", {})
     if "health" in r and r["health"] and health is None:
         raise ctx.fail(f"{where}.ready", "key 'health' is true but the service declares no health")
@@ -1002,6 +1038,7 @@ def _build_service(
         port=port,
         ready=ready,
         health=health,
+        health_checks=health_checks,
         env={k: sub(f"env.{k}", v) for k, v in t.get("env", {}).items()},
         env_file=sub("env_file", t["env_file"]) if "env_file" in t else None,
         children=children,

@@ -108,8 +108,9 @@ def status(c, host=None, service=None, json=False, no_health=False):
         control.with_children(h, names)
     outcomes = on_hosts(inv, targets, lambda s: control.status(s, names, health=not no_health))
     Reporter(choose_format(json)).status(outcomes)
-    if any(not o.ok for o in outcomes):
-        raise Exit(code=3)
+    code = control.status_code(outcomes)  # 0 only if every service runs and is healthy (README)
+    if code:
+        raise Exit(code=code)
 
 
 def _phase(phase: str, host: str | None, service: list[str] | None, as_json: bool) -> None:

@@ -159,7 +159,7 @@ def steps_timeout(host: Host, steps: list[dict[str, Any]]) -> float:
     total = MARGIN
     for step in steps:
         svc = host.service(step["service"])
-        health = svc.health.timeout if svc.health is not None else 0.0
+        health = sum(h.timeout for h in svc.health_checks) or (svc.health.timeout if svc.health else 0.0)
         total += SNAPSHOT_COST + health
         if step["check"] == "restart":
             total += float(step.get("timeout") or DEFAULT_RESTART_TIMEOUT) + health

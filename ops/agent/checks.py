@@ -16,7 +16,18 @@ import signal
 import time
 
 from . import procs
-from .gates import LogMatcher, LogWatch, describe_pids, heartbeat_age, http_check, port_gate, tree_pids
+from .gates import (
+    LogMatcher,
+    LogWatch,
+    describe_pids,
+    health_checks,
+    health_label,
+    heartbeat_age,
+    http_check,
+    port_gate,
+    run_health_checks,
+    tree_pids,
+)
 from .lifecycle import POLL, Lifecycle
 from .state import expand
 
@@ -521,14 +532,13 @@ class Checks:
                 return port_gate(table, port, tree_pids(table, new_pid))
 
             gates.append({"name": "port", "check": port_check})
-        if spec.get("health"):
-            health = spec["health"]
+        for health in health_checks(spec, gating=True):
 
-            def health_check(_table, left):
+            def health_check(_table, left, health=health):
                 ok, detail, _ = http_check(health, self.lc.secrets, timeout=max(0.05, min(1.0, left)))
                 return ok, self.lc.secrets.redact(detail)
 
-            gates.append({"name": "health", "check": health_check})
+            gates.append({"name": health_label(health), "check": health_check})
         for g in gates:
             g.update(ok=False, detail="", elapsed=None)
         return gates
@@ -565,11 +575,13 @@ class Checks:
 
     def health(self, spec):
         t0 = self.clock()
-        if not spec.get("health"):
+        checks = health_checks(spec)
+        if not checks:
             return self._check("health", spec, False, "%s declares no health check" % spec["name"], t0)
-        ok, detail, status = http_check(spec["health"], self.lc.secrets)
+        ok, detail, results = run_health_checks(checks, self.lc.secrets)
         ms = round((self.clock() - t0) * 1000, 1)
-        return self._check("health", spec, ok, detail, t0, ms=ms, status=status, url=spec["health"]["url"])
+        return self._check("health", spec, ok, detail, t0, ms=ms, status=results[0]["status"],
+                           url=results[0]["url"], checks=results)
 
     def heartbeat(self, spec):
         t0 = self.clock()

@@ -272,6 +272,36 @@ def http_check(health, secrets=None, timeout=None):
     return True, "%s answered %d" % (health["url"], status), status
 
 
+def health_checks(spec, gating=False):
+    """A service's HTTP checks (`health_checks`, or the one `health`); gating: only those that
+    gate its start (`gate = true`, the default)."""
+    checks = spec.get("health_checks") or ([spec["health"]] if spec.get("health") else [])
+    return [h for h in checks if not gating or h.get("gate", True)]
+
+
+def health_label(health):
+    """The gate's name: "health", or "health NAME" for a named one of several checks."""
+    name = health.get("name") or "health"
+    return "health" if name == "health" else "health " + name
+
+
+def run_health_checks(checks, secrets, timeout=None):
+    """(ok, detail, results): every check once, in order; ok only if all passed. The detail
+    names the failing ones (or, when all passed, every one) by name."""
+    results = []
+    for h in checks:
+        t = time.monotonic()
+        ok, detail, status = http_check(h, secrets, timeout)
+        results.append({"name": h.get("name") or "health", "ok": ok, "detail": secrets.redact(detail),
+                        "status": status, "url": h["url"], "ms": round((time.monotonic() - t) * 1000, 1)})
+    bad = [r for r in results if not r["ok"]]
+    if len(results) == 1:
+        detail = results[0]["detail"]
+    else:
+        detail = "; ".join("%s: %s" % (r["name"], r["detail"]) for r in (bad or results))
+    return not bad, detail, results
+
+
 _OPENER = []
 
 

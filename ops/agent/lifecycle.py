@@ -17,8 +17,11 @@ from .gates import (
     LogWatch,
     child_gate,
     describe_pids,
+    health_checks,
+    health_label,
     http_check,
     port_gate,
+    run_health_checks,
     tail_lines,
     tree_pids,
 )
@@ -209,13 +212,14 @@ class Lifecycle:
                 for h in sorted(holders)
             ]
             out["port_ok"] = bool(holders & mine)
-        if health and spec.get("health") and out["state"] == "running":
+        if health and health_checks(spec) and out["state"] == "running":
             t = time.monotonic()
-            ok, detail, _ = http_check(spec["health"], self.secrets)
+            ok, detail, results = run_health_checks(health_checks(spec), self.secrets)
             out["health"] = {
                 "ok": ok,
                 "detail": self.secrets.redact(detail),
                 "ms": round((time.monotonic() - t) * 1000, 1),
+                "checks": results,
             }
         return out
 
@@ -563,8 +567,9 @@ class Lifecycle:
                 )
             if ready.get("port") and s.get("port"):
                 gates.append({"name": prefix + "port", "check": port_check(s["port"]), "table": True})
-            if ready.get("health") and s.get("health"):
-                gates.append({"name": prefix + "health", "check": health_check(s["health"]), "table": False})
+            if ready.get("health"):
+                for h in health_checks(s, gating=True):
+                    gates.append({"name": prefix + health_label(h), "check": health_check(h), "table": False})
         if not gates:
             # no declared evidence: at least it must not die at once
             born = self.clock()
@@ -589,9 +594,10 @@ class Lifecycle:
             if s.get("port") and (s.get("ready") or {}).get("port"):
                 ok, detail = port_gate(table, s["port"], tree_pids(table, pid))
                 out.append({"name": prefix + "port", "ok": ok, "detail": detail})
-            if s.get("health"):
-                ok, detail, _ = http_check(s["health"], self.secrets)
-                out.append({"name": prefix + "health", "ok": ok, "detail": self.secrets.redact(detail)})
+            for h in health_checks(s, gating=True):
+                ok, detail, _ = http_check(h, self.secrets)
+                out.append({"name": prefix + health_label(h), "ok": ok,
+                            "detail": self.secrets.redact(detail)})
         return out
 
     def _failed_start(
