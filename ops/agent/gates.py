@@ -40,11 +40,13 @@ class _FileTail:
         self.old = old if old is not None else set()
         self.carry_end = None  # bytes [0, carry_end) were in place at first sight
         self.carried = []
+        self.carried_partial = None
         if first_sight:
             self._first_sight(os.fstat(f.fileno()).st_size)
 
     def _first_sight(self, size):
         self.offset, self.mark, self.partial, self.carried = 0, b"", b"", []
+        self.carried_partial = None
         self.carry_end = size if (self.old and size) else None
 
     def _drop_copies(self, lines):
@@ -60,9 +62,12 @@ class _FileTail:
         n = len(self.mark)
         if size < self.offset or (n and os.pread(fd, n, self.offset - n) != self.mark):
             self._first_sight(size)
+        if self.carry_end is not None and size < self.carry_end:
+            self.carry_end = max(size, self.offset)  # the block shrank: judge what is left of it
         if size <= self.offset:
-            return []
-        data = os.pread(fd, min(size - self.offset, self.CHUNK), self.offset)
+            return self._judge([]) if self.carry_end is not None and self.offset >= self.carry_end else []
+        end = size if self.carry_end is None else min(size, self.carry_end)  # the block alone first
+        data = os.pread(fd, min(end - self.offset, self.CHUNK), self.offset)
         self.offset += len(data)
         self.mark = (self.mark + data)[-self.MARK :]
         lines = (self.partial + data).split(b"\n")
@@ -71,7 +76,21 @@ class _FileTail:
             self.carried.extend(lines)
             if self.offset < self.carry_end:
                 return []  # the rest of the block comes next call
-            lines, self.carried, self.carry_end = self._drop_copies(self.carried), [], None
+            return self._judge([])
+        if self.carried_partial is not None and lines:
+            if lines[0] == self.carried_partial:
+                lines.pop(0)  # the copied unfinished line got its newline: still the old line
+            self.carried_partial = None
+        return self._new(lines)
+
+    def _judge(self, lines):
+        """The carried-over block is read whole: drop its copies, keep what follows."""
+        lines, self.carried, self.carry_end = self._drop_copies(self.carried + lines), [], None
+        if self.partial.strip() and hash(self.partial) in self.old:
+            self.carried_partial = self.partial  # a copied unfinished line is not a new one
+        return self._new(lines)
+
+    def _new(self, lines):
         for ln in lines:
             if ln.strip():
                 self.old.add(hash(ln))  # read once: a later copy of it is not new
@@ -79,7 +98,9 @@ class _FileTail:
 
     def pending(self):
         """The unfinished last line (None while a carried-over block is still being judged)."""
-        return None if self.carry_end is not None else self.partial.decode("utf-8", "replace")
+        if self.carry_end is not None or self.partial == self.carried_partial:
+            return None
+        return self.partial.decode("utf-8", "replace")
 
     def close(self):
         self.f.close()
@@ -92,8 +113,7 @@ def _old_lines(f, offset, window):
     lines = data.split(b"\n")
     if start > 0 and lines:
         lines.pop(0)  # cut in the middle
-    lines.pop()  # the empty piece after the last newline, or an unfinished line
-    return {hash(ln) for ln in lines if ln.strip()}
+    return {hash(ln) for ln in lines if ln.strip()}  # an unfinished last line is old content too
 
 
 class LogWatch:

@@ -381,3 +381,19 @@ def test_log_matcher_does_not_judge_a_line_still_being_written(tmp_path: Path) -
 
     assert matcher.check()[0] is None
     assert matcher.check()[0] is None  # "ready-ish" is steady now but does not match
+
+
+def test_log_matcher_never_matches_a_copied_unfinished_last_line(tmp_path: Path) -> None:
+    log = tmp_path / "svc.log"
+    log.write_text("booting\nready")  # an earlier run's last line, without its newline
+    matcher = gates.LogMatcher(LogWatch(str(log)), "^ready$")
+    tmp = tmp_path / "t"
+    tmp.write_text("ready")  # tail -n 1 log > t && mv t log
+    os.rename(tmp, log)
+
+    assert matcher.check()[0] is None
+    assert matcher.check()[0] is None
+    append(log, "\nready again\n")
+    assert matcher.check() == (None, "ready again")  # its newline came: still the copied line
+    append(log, "ready\n")
+    assert matcher.check()[0] == "ready"  # a new one
