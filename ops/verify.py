@@ -31,6 +31,7 @@ from ops.session import HostSession
 MARGIN = 30.0  # s added to every agent call's timeout, over what the checks may take
 SNAPSHOT_COST = 5.0  # s allowed per process-table check (a slow `ps` without /proc)
 DEFAULT_RESTART_TIMEOUT = 30.0
+HEARTBEAT_TORN_WAIT = 2.0  # the agent's TORN_WAIT: a torn heartbeat is read again this long
 DEFAULT_SIGNAL = "KILL"
 DEFAULT_WATCH_SECONDS = 10.0
 MB = 1024 * 1024
@@ -161,6 +162,8 @@ def steps_timeout(host: Host, steps: list[dict[str, Any]]) -> float:
         svc = host.service(step["service"])
         health = sum(h.timeout for h in svc.health_checks) or (svc.health.timeout if svc.health else 0.0)
         total += SNAPSHOT_COST + health
+        if step["check"] == "heartbeat" and svc.heartbeat is not None:
+            total += min(svc.heartbeat.max_age, HEARTBEAT_TORN_WAIT)  # torn reads are read again
         if step["check"] == "restart":
             total += float(step.get("timeout") or DEFAULT_RESTART_TIMEOUT) + health
     return total

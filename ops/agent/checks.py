@@ -33,6 +33,7 @@ from .state import expand
 
 MB = 1024 * 1024
 GROW_RUN = 3  # this many consecutive samples, each larger than the one before: "keeps growing"
+TORN_WAIT = 2.0  # s: an unreadable heartbeat is read again this long (at most max_age) before failing
 
 
 # --------------------------------------------------------------------------- pure helpers
@@ -590,8 +591,17 @@ class Checks:
             return self._check("heartbeat", spec, False, "%s declares no heartbeat" % spec["name"], t0)
         path = expand(hb["file"], self.lc.checkout)
         age, detail = heartbeat_age(dict(hb, file=path))
+        # a torn read (a writer that is not atomic) is read again: only reads failing for
+        # min(max_age, TORN_WAIT) seconds in a row fail the check
+        deadline = t0 + min(float(hb["max_age"]), TORN_WAIT)
+        while age is None and self.clock() < deadline:
+            self.sleep(POLL)
+            age, again = heartbeat_age(dict(hb, file=path))
+            if age is None:
+                detail = again
         extra = {"path": path, "age": None if age is None else round(age, 3), "max_age": hb["max_age"]}
         if age is None:
+            detail += " (on every read for %.1fs)" % (self.clock() - t0)
             return self._check("heartbeat", spec, False, detail, t0, **extra)
         ok = age <= hb["max_age"]
         source = "field %r" % hb["field"] if hb.get("field") else "mtime"

@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 
+from ops import verify
 from tests.harness import pid_alive, wait_for_port, wait_for_port_closed, wait_until
 from tests.integration.rig import REPO, Rig, by_name, rig_fixture  # noqa: F401
 
@@ -210,4 +211,27 @@ def test_a_restart_never_spawns_into_a_port_held_by_another_process_and_names_it
     holder.wait(5)
     wait_until(lambda: rig.status("svc")["svc"]["state"] == "running", timeout=30)
     assert rig.status("svc")["svc"]["pid"] != child
+    rig.stop()
+
+
+def test_verify_heartbeat_reads_a_torn_heartbeat_again_and_passes(rig: Rig) -> None:
+    rig.write(torn_service(rig))
+    assert by_name(rig.start())["svc"]["outcome"] == "started"
+
+    # half of the time the file is torn: every one of these would have had a fair chance to fail
+    reports = [verify.heartbeat(rig.agent, ["svc"]) for _ in range(8)]
+
+    assert all(r.ok for r in reports), [r.checks[0]["detail"] for r in reports]
+    rig.stop()
+
+
+def test_verify_heartbeat_fails_a_heartbeat_that_stays_torn(rig: Rig) -> None:
+    rig.write(torn_service(rig, stick_after=0))
+    assert by_name(rig.start())["svc"]["outcome"] == "started"
+    wait_until(lambda: "heartbeat unreadable" in rig.supervisor_log("svc").read_text(), timeout=20)
+
+    report = verify.heartbeat(rig.agent, ["svc"])
+
+    assert not report.ok
+    assert "unreadable" in report.checks[0]["detail"] and "on every read for" in report.checks[0]["detail"]
     rig.stop()
