@@ -205,6 +205,9 @@ def test_a_restart_never_spawns_into_a_port_held_by_another_process_and_names_it
     assert "Address already in use" not in rig.log("svc").read_text()
     assert rig.pids_of("late_ready.py") == [], "nothing was spawned into the held port"
     assert holder.poll() is None and pid_alive(supervisor)
+    plain = rig.inv_cmd("status")
+    assert plain.returncode == 7, plain.stdout + plain.stderr  # backoff: should run, does not
+    assert f"port {rig.api_port} is held by pid {holder.pid}" in plain.stdout
 
     # its healthy twin: the port comes free, the next try starts the service
     holder.kill()
