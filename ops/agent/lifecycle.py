@@ -187,9 +187,9 @@ class Lifecycle:
                 )
             elif note:
                 out["detail"] = note
-            note = supview.write_error_note(sup)
-            if note:
-                out["detail"] = (out["detail"] + "; " if out["detail"] else "") + note
+            failed_writes = supview.write_error_note(sup)
+            if failed_writes:
+                out["detail"] = (out["detail"] + "; " if out["detail"] else "") + failed_writes
         if out["pid"] is not None:
             p = table.get(out["pid"])
             if p is not None:
