@@ -22,7 +22,7 @@ from .gates import (
     describe_pids,
     health_checks,
     health_label,
-    heartbeat_age,
+    heartbeat_read,
     http_check,
     port_gate,
     run_health_checks,
@@ -590,18 +590,19 @@ class Checks:
         if not hb:
             return self._check("heartbeat", spec, False, "%s declares no heartbeat" % spec["name"], t0)
         path = expand(hb["file"], self.lc.checkout)
-        age, detail = heartbeat_age(dict(hb, file=path))
-        # a torn read (a writer that is not atomic) is read again: only reads failing for
-        # min(max_age, TORN_WAIT) seconds in a row fail the check
+        age, detail, torn = heartbeat_read(dict(hb, file=path))
+        # a torn read (a writer that is not atomic) is read again: only a heartbeat torn on every
+        # read for min(max_age, TORN_WAIT) seconds fails the check
         deadline = t0 + min(float(hb["max_age"]), TORN_WAIT)
-        while age is None and self.clock() < deadline:
+        retried = False
+        while torn and self.clock() < deadline:
             self.sleep(POLL)
-            age, again = heartbeat_age(dict(hb, file=path))
-            if age is None:
-                detail = again
+            retried = True
+            age, detail, torn = heartbeat_read(dict(hb, file=path))
         extra = {"path": path, "age": None if age is None else round(age, 3), "max_age": hb["max_age"]}
         if age is None:
-            detail += " (on every read for %.1fs)" % (self.clock() - t0)
+            if torn and retried:
+                detail += " (on every read for %.1fs)" % (self.clock() - t0)
             return self._check("heartbeat", spec, False, detail, t0, **extra)
         ok = age <= hb["max_age"]
         source = "field %r" % hb["field"] if hb.get("field") else "mtime"

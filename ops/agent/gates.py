@@ -386,6 +386,13 @@ def child_gate(table, parent_pid, pattern, since_epoch=None):
 
 def heartbeat_age(hb, now=None):
     """(age_seconds or None, detail)."""
+    age, detail, _torn = heartbeat_read(hb, now)
+    return age, detail
+
+
+def heartbeat_read(hb, now=None):
+    """(age_seconds or None, detail, torn): torn when the file is there but its content cannot be
+    parsed (empty, half a JSON document: a writer that is not atomic may be half way)."""
     import json
 
     from .state import expand
@@ -399,9 +406,9 @@ def heartbeat_age(hb, now=None):
         else:
             ts = os.stat(path).st_mtime
     except FileNotFoundError:
-        return None, "heartbeat %s does not exist" % path
+        return None, "heartbeat %s does not exist" % path, False
     except OSError as exc:  # not readable by this user, a directory...
-        return None, "heartbeat %s cannot be read: %s" % (path, exc.strerror or exc)
+        return None, "heartbeat %s cannot be read: %s" % (path, exc.strerror or exc), False
     except (ValueError, KeyError, TypeError) as exc:
-        return None, "heartbeat %s unreadable: %s" % (path, exc)
-    return now - ts, "heartbeat %s is %.1fs old" % (path, now - ts)
+        return None, "heartbeat %s unreadable: %s" % (path, exc), True
+    return now - ts, "heartbeat %s is %.1fs old" % (path, now - ts), False
