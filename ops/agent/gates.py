@@ -138,7 +138,8 @@ def http_check(health, secrets=None, timeout=None):
     for name, path in (health.get("header_files") or {}).items():
         value = secrets.read_file(path)
         if value is None:
-            return False, "header %s: cannot read %s on the host" % (name, path), None
+            return False, "header %s: cannot read %s on the host (missing, unreadable or not UTF-8)" % (
+                name, path), None
         if "\n" in value or "\r" in value:
             # http.client would refuse it with the value's repr in the message, which redaction
             # (of the exact value) does not catch: say so without the value
