@@ -560,8 +560,9 @@ class Checks:
         if spec.get("health"):
             health = spec["health"]
 
-            def health_check(_table, left):
-                ok, detail, _ = http_check(health, self.lc.secrets, timeout=max(0.05, min(1.0, left)))
+            def health_check(table, left):
+                ok, detail, _ = http_check(health, self.lc.secrets, timeout=max(0.05, min(1.0, left)),
+                                           owner_pids=tree_pids(table, new_pid), table=table)
                 return ok, self.lc.secrets.redact(detail)
 
             gates.append({"name": "health", "check": health_check})
@@ -603,7 +604,10 @@ class Checks:
         t0 = self.clock()
         if not spec.get("health"):
             return self._check("health", spec, False, "%s declares no health check" % spec["name"], t0)
-        ok, detail, status = http_check(spec["health"], self.lc.secrets)
+        table = self._snapshot()
+        root, _why = self.owner(spec)
+        own = tree_pids(table, root) if root is not None else set()
+        ok, detail, status = http_check(spec["health"], self.lc.secrets, owner_pids=own, table=table)
         ms = round((self.clock() - t0) * 1000, 1)
         return self._check("health", spec, ok, detail, t0, ms=ms, status=status, url=spec["health"]["url"])
 

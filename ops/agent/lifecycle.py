@@ -280,7 +280,8 @@ class Lifecycle:
             out["port_ok"] = bool(holders & mine)
         if health and spec.get("health") and out["state"] == "running":
             t = time.monotonic()
-            ok, detail, _ = http_check(spec["health"], self.secrets)
+            own = tree_pids(table, owner_root) if owner_root is not None else set()
+            ok, detail, _ = http_check(spec["health"], self.secrets, owner_pids=own, table=table)
             out["health"] = {
                 "ok": ok,
                 "detail": self.secrets.redact(detail),
@@ -617,8 +618,9 @@ class Lifecycle:
             return check
 
         def health_check(health):
-            def check(_table):
-                ok, detail, _ = http_check(health, self.secrets, timeout=1.0)
+            def check(table):
+                own = tree_pids(table, pid, since_epoch=t_start)
+                ok, detail, _ = http_check(health, self.secrets, timeout=1.0, owner_pids=own, table=table)
                 return ok, self.secrets.redact(detail)
 
             return check
@@ -646,7 +648,7 @@ class Lifecycle:
             if ready.get("port") and s.get("port"):
                 gates.append({"name": prefix + "port", "check": port_check(s["port"]), "table": True})
             if ready.get("health") and s.get("health"):
-                gates.append({"name": prefix + "health", "check": health_check(s["health"]), "table": False})
+                gates.append({"name": prefix + "health", "check": health_check(s["health"]), "table": True})
         if not gates:
             # no declared evidence: at least it must not die at once
             born = self.clock()
@@ -672,7 +674,9 @@ class Lifecycle:
                 ok, detail = port_gate(table, s["port"], tree_pids(table, pid))
                 out.append({"name": prefix + "port", "ok": ok, "detail": detail})
             if s.get("health"):
-                ok, detail, _ = http_check(s["health"], self.secrets)
+                ok, detail, _ = http_check(
+                    s["health"], self.secrets, owner_pids=tree_pids(table, pid), table=table
+                )
                 out.append({"name": prefix + "health", "ok": ok, "detail": self.secrets.redact(detail)})
         return out
 
