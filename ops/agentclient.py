@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ops import agentpkg
-from ops.errors import AgentError, TransportError
+from ops.errors import AgentError, LockHeld, TransportError
 from ops.transport import Channel
 
 EventHandler = Callable[[dict[str, Any]], None]
@@ -122,6 +122,11 @@ class AgentSession:
             kind = event.get("event")
             if kind == "result":
                 return event.get("data")
+            if kind == "error" and event.get("type") == "HostBusy":
+                raise LockHeld(
+                    f"{self.host_name}: {event.get('message')}",
+                    "wait for it to finish, or pass --lock-wait SECONDS to wait for it",
+                )
             if kind == "error":
                 raise AgentError(
                     f"{self.host_name}: agent op '{op}' failed: {event.get('type')}: {event.get('message')}",

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ops.agent.ownership import default_match, resolve_argv
 from ops.errors import InventoryError
 
 DEFAULT_READY_TIMEOUT = 30.0
@@ -100,6 +101,10 @@ class Service:
     restart: Restart = field(default_factory=Restart)
     checks: tuple[str, ...] = ()  # what `verify.all` runs for it, in order (VERIFY_CHECKS); () = default
     supervisor_log: str | None = None  # the tool's supervisor's own lines (restart policy only)
+    # True when `match` was not given: the agent then uses the command line as the host resolves
+    # it (absolute paths), anchored at both ends (ops/agent/ownership.py)
+    match_default: bool = False
+    match_overlaps: tuple[str, ...] = ()  # services whose command lines `match` may match on purpose
 
     @property
     def supervised(self) -> bool:
@@ -119,6 +124,7 @@ class Service:
             "name": self.name,
             "cmd": self.cmd,
             "match": self.match,
+            "match_default": self.match_default,
             "cwd": self.cwd,
             "log": self.log,
             "port": self.port,
@@ -299,6 +305,7 @@ SERVICE_KEYS: dict[str, Checker] = {
     "min_uptime": _is_num,
     "max_restarts": _is_int,
     "checks": _is_str_list,
+    "match_overlaps": _is_str_list,
 }
 # `checks` values: the verification steps of ops/verify.py ("restart" kills the child: opt-in only).
 VERIFY_CHECKS = ("tree", "restart", "health", "heartbeat", "instances", "orphans")
@@ -842,6 +849,7 @@ def _build_host(
             )
         seen_ports[port] = svc
 
+    _check_overlaps(ctx, where, built)
     order = _start_order(ctx, where, built)
     connect_timeout = table.get("connect_timeout", defaults.get("connect_timeout"))
     command_timeout = table.get("command_timeout", defaults.get("command_timeout"))
@@ -859,6 +867,43 @@ def _build_host(
         remote=table.get("remote", "origin"),
         min_mem_available_mb=_min_mem(ctx, where, table),
     )
+
+
+def command_line(service: Service) -> str | None:
+    """A service's command line as its process will show it (relative paths resolved under its
+    cwd as far as the client can tell: the host's ~ is not expanded here)."""
+    if service.cmd is None:
+        return None
+    try:
+        return " ".join(resolve_argv(shlex.split(service.cmd), service.cwd, exists=lambda _p: True))
+    except ValueError:
+        return None
+
+
+def _check_overlaps(ctx: _Ctx, where: str, built: Mapping[str, Service]) -> None:
+    """Refuse patterns that match another service's command line on the same host: a stop of one
+    would sweep the other, a count would count both. `match_overlaps` says it is intended."""
+    for name, svc in built.items():
+        for other in svc.match_overlaps:
+            if other not in built:
+                raise ctx.fail(
+                    f"services.{name}",
+                    f"key 'match_overlaps' names '{other}', which is not a service of this host",
+                )
+        rx = re.compile(svc.match)
+        for other_name, other in built.items():
+            if other_name == name or other_name in svc.match_overlaps:
+                continue
+            line = command_line(other)
+            if line is not None and rx.search(line):
+                raise ctx.fail(
+                    f"services.{name}",
+                    f"its pattern /{svc.match}/ also matches the command line of service "
+                    f"'{other_name}' ({line}) on host '{where.removeprefix('hosts.')}': stopping one "
+                    "would sweep the other",
+                    f"make 'match' more precise (anchor it with ^ and $), or, if this is intended, set "
+                    f"match_overlaps = [\"{other_name}\"] in [services.{name}]",
+                )
 
 
 def _min_mem(ctx: _Ctx, where: str, table: Mapping[str, Any]) -> float | None:
@@ -961,12 +1006,16 @@ def _build_service(
             f"has a 'cmd' but is started by its supervisor '{supervised_by}'",
             "remove cmd; give 'match' so its processes can be found",
         )
+    match_default = "match" not in t
+    cwd = sub("cwd", t["cwd"]) if "cwd" in t else variables["path"]
     if "match" in t:
         match = ctx.regex(origin("match"), "match", sub("match", t["match"], regex=True))
     elif cmd is not None:
-        # the command line as the process shows it: argv joined by single spaces (quotes gone)
+        # the command line as the process shows it: argv joined by single spaces (quotes gone),
+        # relative paths resolved under its cwd, anchored at both ends. The agent recomputes it
+        # with the paths as the host expands them (~), checking that they exist.
         try:
-            match = re.escape(" ".join(shlex.split(cmd)))
+            match = default_match(resolve_argv(shlex.split(cmd), cwd, exists=lambda _p: True))
         except ValueError as exc:
             raise ctx.fail(where, f"key 'cmd' cannot be parsed: {exc}", "check its quotes") from None
     else:
@@ -1033,7 +1082,7 @@ def _build_service(
         name=name,
         cmd=cmd,
         match=match,
-        cwd=sub("cwd", t["cwd"]) if "cwd" in t else variables["path"],
+        cwd=cwd,
         log=sub("log", t["log"]) if "log" in t else f"{variables['state_dir']}/logs/{name}.log",
         port=port,
         ready=ready,
@@ -1052,6 +1101,8 @@ def _build_service(
         checks=_verify_checks(ctx, where, t, supervised_by, health, heartbeat),
         supervisor_log=(f"{variables['state_dir']}/logs/{name}.supervisor.log"
                         if restart.policy != "no" else None),
+        match_default=match_default,
+        match_overlaps=tuple(t.get("match_overlaps", [])),
     )
 
 

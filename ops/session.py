@@ -28,6 +28,8 @@ class HostSession:
         self.host = host
         self.transport = for_host(host, inventory)
         self.agent = AgentSession(self.transport, host.python, host.name, host.command_timeout)
+        # how long a mutating operation waits for another one to release the host (hostlock.py)
+        self.lock_wait = 0.0
 
     def open(self) -> HostSession:
         self.transport.open()
@@ -50,7 +52,8 @@ class HostSession:
         return self.agent.call(op, args, on_event=on_event, timeout=timeout)
 
     def host_args(self) -> dict[str, Any]:
-        return {"name": self.host.name, "path": self.host.path, "state_dir": self.host.state_dir}
+        return {"name": self.host.name, "path": self.host.path, "state_dir": self.host.state_dir,
+                "lock_wait": self.lock_wait}
 
     def service_args(self, services: list[Service]) -> dict[str, Any]:
         return {

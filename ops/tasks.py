@@ -113,7 +113,8 @@ def status(c, host=None, service=None, json=False, no_health=False):
         raise Exit(code=code)
 
 
-def _phase(phase: str, host: str | None, service: list[str] | None, as_json: bool) -> None:
+def _phase(phase: str, host: str | None, service: list[str] | None, as_json: bool,
+           lock_wait: float = 0.0) -> None:
     from ops import control
     from ops.inventory import resolve_hosts
     from ops.report import Reporter, choose_format
@@ -131,6 +132,7 @@ def _phase(phase: str, host: str | None, service: list[str] | None, as_json: boo
             if event.get("event") == "service":
                 rep.service_event(session.host.name, event["result"], event["phase"])
 
+        session.lock_wait = lock_wait
         return getattr(control, phase)(session, names, on_event=on_event)
 
     outcomes = on_hosts(inv, targets, run)
@@ -138,28 +140,30 @@ def _phase(phase: str, host: str | None, service: list[str] | None, as_json: boo
     _exit_for(outcomes, lambda o: o.value.ok)
 
 
-PHASE_HELP = {"host": HOST_HELP, "service": SERVICE_HELP, "json": JSON_HELP}
+LOCK_WAIT_HELP = ("seconds to wait while another operation (deploy, start, stop...) holds the host "
+                  "(default 0: refuse at once, exit 4)")
+PHASE_HELP = {"host": HOST_HELP, "service": SERVICE_HELP, "json": JSON_HELP, "lock-wait": LOCK_WAIT_HELP}
 
 
 @task(auto_shortflags=False, iterable=["service"], help=PHASE_HELP)
 @errors_to_exit
-def start(c, host=None, service=None, json=False):
+def start(c, host=None, service=None, json=False, lock_wait="0"):
     """Start services in dependency order; each passes its gates or is rolled back."""
-    _phase("start", host, service, json)
+    _phase("start", host, service, json, number(lock_wait, "lock-wait"))
 
 
 @task(auto_shortflags=False, iterable=["service"], help=PHASE_HELP)
 @errors_to_exit
-def stop(c, host=None, service=None, json=False):
+def stop(c, host=None, service=None, json=False, lock_wait="0"):
     """Stop services (supervisors first), escalate to KILL, sweep orphans, prove none left."""
-    _phase("stop", host, service, json)
+    _phase("stop", host, service, json, number(lock_wait, "lock-wait"))
 
 
 @task(auto_shortflags=False, iterable=["service"], help=PHASE_HELP)
 @errors_to_exit
-def restart(c, host=None, service=None, json=False):
+def restart(c, host=None, service=None, json=False, lock_wait="0"):
     """Stop then start services, with the same gates as start."""
-    _phase("restart", host, service, json)
+    _phase("restart", host, service, json, number(lock_wait, "lock-wait"))
 
 
 @task(

@@ -351,7 +351,9 @@ class SshServer:
                     f"Port {self.port}",
                     f"HostKey {self.host_key_path}",
                     f"PidFile {self.pid_path}",
-                    f"AuthorizedKeysFile {self.authorized_keys_path}",
+                    # the user's own file too: a second test user (two-user tests) is let in by
+                    # its ~/.ssh/authorized_keys (sshd reads it as that user; the tmp dir is private)
+                    f"AuthorizedKeysFile {self.authorized_keys_path} .ssh/authorized_keys",
                     "StrictModes no",
                     "UsePAM no",
                     "PubkeyAuthentication yes",

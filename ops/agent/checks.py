@@ -15,7 +15,7 @@ import os
 import signal
 import time
 
-from . import procs
+from . import ownership, procs
 from .gates import (
     LogMatcher,
     LogWatch,
@@ -39,13 +39,7 @@ TORN_WAIT = 2.0  # s: an unreadable heartbeat is read again this long (at most m
 # --------------------------------------------------------------------------- pure helpers
 
 
-def instances(table, matches):
-    """The matching processes that do not descend from another matching one.
-
-    A server that forks workers whose command lines match too is one instance, not several.
-    """
-    pids = set(p.pid for p in matches)
-    return [p for p in matches if not any(a in pids for a in procs.ancestors(table, p.pid))]
+instances = ownership.instances  # a server that forks workers is one instance, not several
 
 
 def parent_note(table, proc):
@@ -175,6 +169,7 @@ class Checks:
         specs = args.get("services") or []
         self.specs = specs
         self.all_specs = dict((s["name"], s) for s in (args.get("all_services") or specs))
+        self.lc.prepare(self.specs, self.all_specs)
         # the secrets of every service of the host (env_file values, header files) are redacted
         # from every check sent back: a log line matched by a gate can carry a token
         self.lc._remember_secrets(self.specs, self.all_specs)
@@ -186,8 +181,17 @@ class Checks:
     def _snapshot(self):
         return self.lc._snapshot()
 
-    def _pgrep(self, table, pattern):
-        return procs.pgrep(table, pattern, exclude=self.lc.protected)
+    def _owned(self, spec, table, pattern=None):
+        """(owned [Proc], foreign [(Proc, why)]): the processes matching the service's pattern
+        that provably belong to it (ownership.py), and those that match but are not its own
+        (never counted, never signalled: reported)."""
+        dom = self.lc.domain(self.lc.top_of(spec, self.all_specs), table)
+        owned, foreign = dom.classify(pattern or spec["match"])
+        return [p for p, _ in owned], foreign
+
+    def _foreign(self, table, spec, foreign):
+        note = ownership.foreign_note(table, foreign, spec["name"])
+        return ("; " + note) if note else ""
 
     def _check(self, name, spec, ok, detail, t0, **extra):
         c = {
@@ -232,7 +236,7 @@ class Checks:
     def _tree_top(self, spec, table, t0):
         name = spec["name"]
         pid, why = self.owner(spec)
-        matches = self._pgrep(table, spec["match"])
+        matches, foreign = self._owned(spec, table)
         if pid is None:
             offenders = [offender(table, p, "not started by this tool") for p in matches]
             detail = why
@@ -242,6 +246,7 @@ class Checks:
                     spec["match"],
                     describe_pids(table, [o["pid"] for o in offenders]),
                 )
+            detail += self._foreign(table, spec, foreign)
             return self._check("tree", spec, False, detail, t0, pid=None, tree=[], offenders=offenders)
         own = tree_pids(table, pid)
         strays = [p for p in matches if p.pid not in own]
@@ -257,13 +262,43 @@ class Checks:
                 parent_note(table, strays[0]),
             )
             return self._check("tree", spec, False, detail, t0, pid=pid, tree=lines, offenders=offenders)
+        down = self._supervised_child_down(spec, pid, table)
+        if down:
+            return self._check("tree", spec, False, down, t0, pid=pid, tree=lines, offenders=[])
         detail = "pid %d is alive (%d process(es) in its tree)" % (pid, len(own))
+        sup = self.lc.supervisor_state(self.lc.store.load(name))
+        if sup is not None:
+            detail = "pid %d runs under the tool's supervisor (pid %d; %d process(es) in its tree)" % (
+                sup.get("child_pid"), pid, len(own))
+        detail += self._foreign(table, spec, foreign)
         return self._check("tree", spec, True, detail, t0, pid=pid, tree=lines, offenders=[])
+
+    def _supervised_child_down(self, spec, sup_pid, table):
+        """For a service run by the tool's own supervisor: why its own process is not up (backoff,
+        fatal, gone), or "" when it runs. The supervisor being alive proves nothing by itself."""
+        state = self.lc.store.load(spec["name"]) or {}
+        sup = self.lc.supervisor_state(state)
+        if sup is None:
+            return ""
+        child = sup.get("child_pid")
+        proc = table.get(child) if child else None
+        if sup.get("state") == "running" and proc is not None and proc.alive and (
+            sup.get("child_starttime") is None or proc.starttime == str(sup.get("child_starttime"))
+        ) and child in tree_pids(table, sup_pid):
+            return ""
+        what = sup.get("state") or "unknown"
+        if what == "backoff":
+            wait = max(0.0, (sup.get("next_try") or time.time()) - time.time())
+            what = "backoff (next try in %.0fs)" % wait
+        return "%s is down: its supervisor (pid %d) is alive, but the service is %s%s" % (
+            spec["name"], sup_pid, what,
+            "; last: %s" % sup.get("last_reason") if sup.get("last_reason") else "")
 
     def _tree_supervised(self, spec, sup, table, t0):
         name, pattern = spec["name"], spec["match"]
         sup_pid, why = self.owner(spec)
-        matches = [p for p in self._pgrep(table, pattern) if p.pid != sup_pid]
+        owned, foreign = self._owned(spec, table)
+        matches = [p for p in owned if p.pid != sup_pid]
         expected = {"service": sup["name"], "pid": sup_pid}
         if sup_pid is None:
             offenders = [offender(table, p, why) for p in matches]
@@ -385,7 +420,7 @@ class Checks:
                 "restart", spec, False, "%s (pid %d) just exited" % (sup["name"], sup_pid), t0, **extra
             )
         inside = tree_pids(table, sup_pid) - {sup_pid}
-        mine = instances(table, [p for p in self._pgrep(table, pattern) if p.pid in inside])
+        mine = instances(table, [p for p in self._owned(spec, table)[0] if p.pid in inside])
         if len(mine) != 1:
             detail = (
                 "no process matching /%s/ runs under %s (pid %d)" % (pattern, sup["name"], sup_pid)
@@ -445,7 +480,7 @@ class Checks:
                 inside = tree_pids(table, sup_pid) - {sup_pid}
                 fresh = [
                     p
-                    for p in instances(table, [p for p in self._pgrep(table, pattern) if p.pid in inside])
+                    for p in instances(table, [p for p in self._owned(spec, table)[0] if p.pid in inside])
                     if (p.pid, p.starttime) != (old.pid, old.starttime)
                 ]
                 if fresh:
@@ -535,8 +570,9 @@ class Checks:
             gates.append({"name": "port", "check": port_check})
         for health in health_checks(spec, gating=True):
 
-            def health_check(_table, left, health=health):
-                ok, detail, _ = http_check(health, self.lc.secrets, timeout=max(0.05, min(1.0, left)))
+            def health_check(table, left, health=health):
+                ok, detail, _ = http_check(health, self.lc.secrets, timeout=max(0.05, min(1.0, left)),
+                                           owner_pids=tree_pids(table, new_pid), table=table)
                 return ok, self.lc.secrets.redact(detail)
 
             gates.append({"name": health_label(health), "check": health_check})
@@ -557,9 +593,8 @@ class Checks:
             reason = "outside the tree of %s's recorded pid %d" % (spec["name"], root)
         else:
             reason = why
-        offenders = [
-            offender(table, p, reason) for p in self._pgrep(table, spec["match"]) if p.pid not in legit
-        ]
+        owned, foreign = self._owned(spec, table)
+        offenders = [offender(table, p, reason) for p in owned if p.pid not in legit]
         if offenders:
             detail = "%d process(es) matching /%s/ run outside %s's process tree: %s (%s)" % (
                 len(offenders),
@@ -570,6 +605,7 @@ class Checks:
             )
         else:
             detail = "none outside its tree (pid %d)" % root if root is not None else "none running"
+        detail += self._foreign(table, spec, foreign)
         return self._check("orphans", spec, not offenders, detail, t0, offenders=offenders)
 
     # --- health, heartbeat, instances -----------------------------------------------
@@ -579,7 +615,10 @@ class Checks:
         checks = health_checks(spec)
         if not checks:
             return self._check("health", spec, False, "%s declares no health check" % spec["name"], t0)
-        ok, detail, results = run_health_checks(checks, self.lc.secrets)
+        table = self._snapshot()
+        root, _why = self.owner(spec)
+        own = tree_pids(table, root) if root is not None else set()
+        ok, detail, results = run_health_checks(checks, self.lc.secrets, owner_pids=own, table=table)
         ms = round((self.clock() - t0) * 1000, 1)
         return self._check("health", spec, ok, detail, t0, ms=ms, status=results[0]["status"],
                            url=results[0]["url"], checks=results)
@@ -618,11 +657,13 @@ class Checks:
     def instances(self, spec, table=None):
         t0 = self.clock()
         table = self._snapshot() if table is None else table
-        found = self._pgrep(table, spec["match"])
+        owned, foreign = self._owned(spec, table)
+        found = instances(table, owned)  # a master with its workers is one instance
         limit = spec.get("max_instances")
         ok = limit is None or len(found) <= limit
-        detail = "%d process(es) match%s" % (
+        detail = "%d instance(s) (%d process(es)) match%s" % (
             len(found),
+            len(owned),
             " (max_instances = %d)" % limit if limit is not None else "",
         )
         if not ok:
@@ -630,6 +671,7 @@ class Checks:
                 spec["match"],
                 describe_pids(table, [p.pid for p in found]),
             )
+        detail += self._foreign(table, spec, foreign)
         return self._check("instances", spec, ok, detail, t0, count=len(found), max_instances=limit)
 
     # --- watch -------------------------------------------------------------------------
@@ -647,7 +689,7 @@ class Checks:
             table = self._snapshot()
             sample = {
                 "t": round(self.clock() - t0, 2),
-                "counts": dict((s["name"], len(self._pgrep(table, s["match"]))) for s in specs),
+                "counts": dict((s["name"], len(instances(table, self._owned(s, table)[0]))) for s in specs),
                 "mem_available": procs.mem_available_bytes(),
             }
             samples.append(sample)

@@ -11,7 +11,7 @@ import subprocess
 import tempfile
 import time
 
-from . import procs
+from . import hostlock, procs
 from .state import expand, read_json, write_json_atomic
 
 GIT_TIMEOUT = 300
@@ -109,6 +109,14 @@ def op_deploy_lock(args, emit):
             time.sleep(0.1)
             continue
         _held_locks.append(p["lock"])
+        # and the host's operation lock, held for the whole deploy (no start/stop meanwhile)
+        try:
+            hostlock.acquire(os.path.realpath(p["state_dir"]), "deploy",
+                             wait=max(0.0, deadline - time.monotonic()), emit=emit)
+        except hostlock.HostBusy:
+            _held_locks.remove(p["lock"])
+            _remove(p["lock"])
+            raise
         # what the host has, read under the lock (one round trip for both)
         return {"acquired": True, "holder": record, "probe": op_deploy_probe(args, emit)}
 
@@ -160,6 +168,7 @@ def op_deploy_unlock(args, emit):
         _remove(p["lock"])
         if p["lock"] in _held_locks:
             _held_locks.remove(p["lock"])
+            hostlock.release(os.path.realpath(p["state_dir"]))
         return {"released": True, "holder": holder}
     return {"released": False, "holder": holder,
             "detail": "held by a live deploy (agent pid %s)" % holder.get("agent_pid")}

@@ -249,14 +249,76 @@ def tail_lines(path, n, since=None):
     return lines[-n:] if n else []
 
 
-def http_check(health, secrets=None, timeout=None):
-    """One health request. Returns (ok, detail, status). Header values may come from host files."""
+def _url_target(url):
+    """(host, port) a URL points at (default ports by scheme); (None, None) when unparsable."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    except ValueError:
+        return None, None
+    return parts.hostname, port
+
+
+def is_this_host(hostname):
+    """True when a host name or address is this machine: loopback, or an address bound here."""
+    import ipaddress
+    import socket
+
+    if not hostname:
+        return False
+    if hostname == "localhost":
+        return True
+    try:
+        infos = socket.getaddrinfo(hostname, None, 0, socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return False
+    for family, _type, _proto, _name, addr in infos:
+        ip = ipaddress.ip_address(addr[0].split("%")[0])
+        if ip.is_loopback or ip.is_unspecified:
+            return True
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as s:
+                s.bind((addr[0], 0))  # only an address of this machine can be bound
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def answer_owner_problem(url, owner_pids, table):
+    """Why an answer from url cannot be the service's own ("" when it can, or when the URL
+    points at another machine, whose processes this host cannot see): the port must be held by
+    one of owner_pids (the service's own process tree)."""
+    host, port = _url_target(url)
+    if port is None or not is_this_host(host):
+        return ""
+    holders = procs.listening_pids(port)
+    if holders & set(owner_pids):
+        return ""
+    if not holders:
+        return "port %d is held by no process of this user (another user's?), not by this service" % port
+    return "port %d is held by %s, not by this service's processes" % (port, describe_pids(table, holders))
+
+
+def http_check(health, secrets=None, timeout=None, owner_pids=None, table=None):
+    """One health request. Returns (ok, detail, status). Header values may come from host files.
+
+    With owner_pids (the service's own process tree), an answer counts only when the port it
+    came from on this host is held by one of them; else the detail names who answered. Redirects
+    are never followed (a 3xx is the answer), and header_files values are only ever sent to this
+    host."""
     secrets = secrets or Secrets()
     headers = dict(health.get("headers") or {})
+    if health.get("header_files") and not is_this_host(_url_target(health["url"])[0]):
+        return False, "%s: header_files are only sent to this host's own services, not to %s" % (
+            health["url"], _url_target(health["url"])[0]), None
     for name, path in (health.get("header_files") or {}).items():
         value = secrets.read_file(path)
         if value is None:
-            return False, "header %s: cannot read %s on the host" % (name, path), None
+            return False, "header %s: cannot read %s on the host (missing, unreadable or not UTF-8)" % (
+                name, path), None
         if "\n" in value or "\r" in value:
             # http.client would refuse it with the value's repr in the message, which redaction
             # (of the exact value) does not catch: say so without the value
@@ -284,6 +346,10 @@ def http_check(health, secrets=None, timeout=None):
     except Exception as exc:  # connection refused, timeout, bad URL...
         reason = getattr(exc, "reason", exc)
         return False, "%s: %s" % (health["url"], reason), None
+    if owner_pids is not None:
+        problem = answer_owner_problem(health["url"], owner_pids, table or {})
+        if problem:
+            return False, "%s answered %d, but %s" % (health["url"], status, problem), status
     if status != expected:
         return False, "%s answered %d, expected %d" % (health["url"], status, expected), status
     pattern = health.get("body")
@@ -305,13 +371,13 @@ def health_label(health):
     return "health" if name == "health" else "health " + name
 
 
-def run_health_checks(checks, secrets, timeout=None):
+def run_health_checks(checks, secrets, timeout=None, owner_pids=None, table=None):
     """(ok, detail, results): every check once, in order; ok only if all passed. The detail
     names the failing ones (or, when all passed, every one) by name."""
     results = []
     for h in checks:
         t = time.monotonic()
-        ok, detail, status = http_check(h, secrets, timeout)
+        ok, detail, status = http_check(h, secrets, timeout, owner_pids=owner_pids, table=table)
         results.append({"name": h.get("name") or "health", "ok": ok, "detail": secrets.redact(detail),
                         "status": status, "url": h["url"], "ms": round((time.monotonic() - t) * 1000, 1)})
     bad = [r for r in results if not r["ok"]]
@@ -330,7 +396,11 @@ def _opener():
     if not _OPENER:
         import urllib.request
 
-        _OPENER.append(urllib.request.build_opener(urllib.request.ProxyHandler({})))
+        class NoRedirect(urllib.request.HTTPRedirectHandler):
+            def redirect_request(self, req, fp, code, msg, headers, newurl):
+                return None  # a 3xx is the answer: never follow it (nor send our headers on)
+
+        _OPENER.append(urllib.request.build_opener(urllib.request.ProxyHandler({}), NoRedirect()))
     return _OPENER[0]
 
 

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 
-from . import procs, supview
+from . import hostlock, ownership, procs, supview
 from .gates import (
     LogMatcher,
     LogWatch,
@@ -60,6 +60,10 @@ class Lifecycle:
         self.spawned = _SPAWNED
         self.protected = procs.self_and_ancestors()
         self._sup_log_offset = {}  # service -> size of its supervisor's log before this start
+        # the marker's state directory, as the processes carry it (resolved: a symlinked home
+        # must not make the same directory look like another one)
+        self.state_root = os.path.realpath(self.store.root)
+        self.probe_factory = ownership.Probe  # per-process evidence reader (tests inject a fake)
 
     # --- helpers ---------------------------------------------------------------------------
 
@@ -74,6 +78,48 @@ class Lifecycle:
 
     def _pgrep(self, table, pattern):
         return procs.pgrep(table, pattern, exclude=self.protected)
+
+    def prepare(self, specs, all_specs):
+        """Fill in what only the host knows: a service whose pattern is the default gets the
+        pattern of its resolved command line (absolute paths, anchored at both ends)."""
+        seen = set()
+        for spec in list(specs) + list(all_specs.values()):
+            if id(spec) in seen or not spec.get("match_default") or not spec.get("cmd"):
+                continue
+            seen.add(id(spec))
+            try:
+                spec["match"] = ownership.default_match(self.resolved_argv(spec))
+            except ValueError:
+                pass  # an unparsable cmd: start reports it
+
+    def resolved_argv(self, spec):
+        """The command the tool runs for a service: relative paths made absolute under its cwd."""
+        return ownership.resolve_argv(shlex.split(spec["cmd"]), self.cwd_of(spec))
+
+    def cwd_of(self, spec):
+        return expand(spec.get("cwd") or self.checkout, self.checkout)
+
+    def top_of(self, spec, all_specs):
+        """The top-level service whose domain a service's processes belong to."""
+        sup = spec.get("supervised_by")
+        return all_specs.get(sup, spec) if sup else spec
+
+    def domain(self, top, table, start_id=None, state=None):
+        """What the top-level service `top` owns in this process table (see ownership.py)."""
+        state = self.store.load(top["name"]) if state is None else state
+        if state and state.get("corrupt"):
+            state = {}
+        return ownership.Domain(
+            table,
+            self.state_root,
+            self.checkout,
+            top["name"],
+            state=state,
+            supervisor_state=self.supervisor_state(state),
+            protected=self.protected,
+            probe=self.probe_factory(),
+            start_id=start_id,
+        )
 
     def _log_path(self, spec):
         return expand(spec["log"], self.checkout)
@@ -117,11 +163,20 @@ class Lifecycle:
     # --- status ----------------------------------------------------------------------------
 
     def status(self, specs, all_specs, health=True):
+        self.prepare(specs, all_specs)
         self._remember_secrets(specs, all_specs)
         table = self._snapshot()
-        return [self.secrets.redact_obj(self._status_one(spec, all_specs, table, health)) for spec in specs]
+        domains = {}
+        out = []
+        for spec in specs:
+            top = self.top_of(spec, all_specs)
+            if top["name"] not in domains:
+                domains[top["name"]] = self.domain(top, table)
+            out.append(self.secrets.redact_obj(
+                self._status_one(spec, all_specs, table, health, domains[top["name"]])))
+        return out
 
-    def _status_one(self, spec, all_specs, table, health):
+    def _status_one(self, spec, all_specs, table, health, dom):
         name = spec["name"]
         out = {
             "name": name,
@@ -187,6 +242,14 @@ class Lifecycle:
                 )
             elif note:
                 out["detail"] = note
+            if pid is not None and state.get("gating"):
+                # never "running and healthy" before its start has seen its gates pass
+                if hostlock.is_locked(self.state_root):
+                    out.update(state="starting", detail="its start is still waiting for its gates")
+                else:
+                    out.update(state="unknown", detail=(
+                        "its last start ended before its gates passed (the agent went away); "
+                        "`restart %s` to check it" % name))
             failed_writes = supview.write_error_note(sup)
             if failed_writes:
                 out["detail"] = (out["detail"] + "; " if out["detail"] else "") + failed_writes
@@ -194,16 +257,24 @@ class Lifecycle:
             p = table.get(out["pid"])
             if p is not None:
                 out["uptime"] = max(0.0, time.time() - p.start_epoch)
-        strays = [
-            p
-            for p in self._pgrep(table, spec["match"])
-            if owner_root is None or p.pid not in tree_pids(table, owner_root)
-        ]
+        # what the service owns outside the live tree: a copy the tool did not start from this
+        # checkout, members of its group whose leader died, marked processes re-parented to init
+        legit = tree_pids(table, owner_root) if owner_root is not None else set()
+        owned, foreign = dom.classify(spec["match"])
+        strays = {p.pid for p, _ in owned if p.pid not in legit}
+        if not spec.get("supervised_by"):
+            strays |= {pid for pid in dom.members if pid not in legit}
         if strays and out["state"] != "running":
             out["state"] = "unknown" if out["state"] == "stopped" else out["state"]
             out["detail"] = (out["detail"] + "; " if out["detail"] else "") + (
-                "not started by this tool but running: %s" % describe_pids(table, [p.pid for p in strays])
+                "not started by this tool, or escaped its tree, but running: %s"
+                % describe_pids(table, strays)
             )
+        out["strays"] = sorted(strays)
+        note = ownership.foreign_note(table, foreign, spec["name"])
+        if note:
+            out["foreign"] = [{"pid": p.pid, "cmd": p.cmdline[:100], "why": why} for p, why in foreign]
+            out["detail"] = (out["detail"] + "; " if out["detail"] else "") + note
         if spec["port"]:
             holders = procs.listening_pids(spec["port"])
             mine = tree_pids(table, owner_root) if owner_root else set()
@@ -214,7 +285,9 @@ class Lifecycle:
             out["port_ok"] = bool(holders & mine)
         if health and health_checks(spec) and out["state"] == "running":
             t = time.monotonic()
-            ok, detail, results = run_health_checks(health_checks(spec), self.secrets)
+            own = tree_pids(table, owner_root) if owner_root is not None else set()
+            ok, detail, results = run_health_checks(health_checks(spec), self.secrets, owner_pids=own,
+                                                    table=table)
             out["health"] = {
                 "ok": ok,
                 "detail": self.secrets.redact(detail),
@@ -226,6 +299,7 @@ class Lifecycle:
     # --- start -----------------------------------------------------------------------------
 
     def start(self, specs, all_specs):
+        self.prepare(specs, all_specs)
         self._remember_secrets(specs, all_specs)
         results = []
         failed = None
@@ -295,10 +369,22 @@ class Lifecycle:
                 ),
             )
 
-        # Pre-flight: no second copy, no port held by anyone.
+        # Pre-flight: no second copy of what this service owns, no port held by anyone. A copy
+        # that only matches the pattern (another checkout, another user) is not ours: ignored.
         table = self._snapshot()
+        dom = self.domain(spec, table, state=state)
+        left = sorted(dom.members)
+        if left:
+            return self._result(
+                spec,
+                "failed",
+                detail=(
+                    "%s is still running from an earlier start (%s): %s; stop it first (`stop %s`)"
+                    % (name, ", ".join(sorted(set(dom.members.values()))), describe_pids(table, left), name)
+                ),
+            )
         for s in [spec] + list(children):
-            running = self._pgrep(table, s["match"])
+            running = [p for p, _ in dom.classify(s["match"])[0]]
             if running:
                 return self._result(
                     spec,
@@ -339,7 +425,10 @@ class Lifecycle:
             if err:
                 return self._result(spec, "failed", detail=err)
             env.update(extra)
-        cwd = expand(spec.get("cwd") or self.checkout, self.checkout)
+        # the ownership marker: inherited by everything the service spawns (ownership.py)
+        start_id = "%x.%x" % (int(t_start * 1000), os.getpid())
+        env[ownership.MARKER] = ownership.marker_value(self.state_root, name, start_id)
+        cwd = self.cwd_of(spec)
         if not os.path.isdir(cwd):
             return self._result(
                 spec,
@@ -347,9 +436,11 @@ class Lifecycle:
                 detail=("working directory %s does not exist on the host; deploy the code first" % cwd),
             )
         try:
-            argv = shlex.split(spec["cmd"])
+            argv = self.resolved_argv(spec)
         except ValueError as exc:
             return self._result(spec, "failed", detail="cannot parse cmd: %s" % exc)
+        if not argv:
+            return self._result(spec, "failed", detail="cmd is empty")
         log_path = self._log_path(spec)
         try:
             os.makedirs(os.path.dirname(log_path), exist_ok=True)
@@ -374,7 +465,7 @@ class Lifecycle:
                 return self._result(spec, "failed", detail="cannot set up its supervisor: %s" % exc)
         try:
             return self._spawn_and_gate(spec, children, argv, cwd, env, watches, t_start, m_start,
-                                        supervised)
+                                        supervised, start_id)
         finally:
             for w in watches.values():
                 w.close()
@@ -395,6 +486,7 @@ class Lifecycle:
             "restart": spec["restart"], "heartbeat": heartbeat, "match": spec["match"],
             "max_instances": spec.get("max_instances"), "stop_timeout": spec["stop_timeout"],
             "stop_signal": spec.get("stop_signal", "TERM"),
+            "state_root": self.state_root, "checkout": self.checkout,
             "port": spec.get("port"),  # spawns wait while anyone holds it
             # its own lines go here, never into the service's log (which the log gate reads)
             "supervisor_log": self.supervisor_log(spec),
@@ -420,7 +512,8 @@ class Lifecycle:
             return None
         return read_json(state["supervisor_state"])
 
-    def _spawn_and_gate(self, spec, children, argv, cwd, env, watches, t_start, m_start, supervised=None):
+    def _spawn_and_gate(self, spec, children, argv, cwd, env, watches, t_start, m_start, supervised=None,
+                        start_id=None):
         name = spec["name"]
         log_path = self._log_path(spec)
         position = (watches[name].offset, watches[name].inode)
@@ -463,6 +556,8 @@ class Lifecycle:
                 "log_inode": position[1],
                 "stopped": False,
                 "supervisor_state": supervised,
+                "start_id": start_id,
+                "gating": True,
             },
         )
         self.emit({"event": "progress", "service": name, "message": "spawned pid %d" % proc.pid})
@@ -472,7 +567,7 @@ class Lifecycle:
         passed = []
 
         def fail(gate, detail, exit_code=None):
-            return self._failed_start(spec, children, proc, ident["starttime"], t_start, position,
+            return self._failed_start(spec, children, proc, ident["starttime"], start_id, position,
                                       passed, gate, detail, exit_code=exit_code)
 
         while True:
@@ -501,6 +596,7 @@ class Lifecycle:
                         }
                     )
             if not gates:
+                self._mark_quietly(name, gating=False)
                 return self._result(
                     spec,
                     "started",
@@ -539,8 +635,9 @@ class Lifecycle:
             return check
 
         def health_check(health):
-            def check(_table):
-                ok, detail, _ = http_check(health, self.secrets, timeout=1.0)
+            def check(table):
+                own = tree_pids(table, pid, since_epoch=t_start)
+                ok, detail, _ = http_check(health, self.secrets, timeout=1.0, owner_pids=own, table=table)
                 return ok, self.secrets.redact(detail)
 
             return check
@@ -569,7 +666,7 @@ class Lifecycle:
                 gates.append({"name": prefix + "port", "check": port_check(s["port"]), "table": True})
             if ready.get("health"):
                 for h in health_checks(s, gating=True):
-                    gates.append({"name": prefix + health_label(h), "check": health_check(h), "table": False})
+                    gates.append({"name": prefix + health_label(h), "check": health_check(h), "table": True})
         if not gates:
             # no declared evidence: at least it must not die at once
             born = self.clock()
@@ -595,15 +692,16 @@ class Lifecycle:
                 ok, detail = port_gate(table, s["port"], tree_pids(table, pid))
                 out.append({"name": prefix + "port", "ok": ok, "detail": detail})
             for h in health_checks(s, gating=True):
-                ok, detail, _ = http_check(h, self.secrets)
+                ok, detail, _ = http_check(h, self.secrets, owner_pids=tree_pids(table, pid), table=table)
                 out.append({"name": prefix + health_label(h), "ok": ok,
                             "detail": self.secrets.redact(detail)})
         return out
 
     def _failed_start(
-        self, spec, children, proc, starttime, t_start, position, passed, gate, detail, exit_code=None
+        self, spec, children, proc, starttime, start_id, position, passed, gate, detail, exit_code=None
     ):
-        """Leave nothing half-started: kill the group, its tree and anything it spawned.
+        """Leave nothing half-started: kill the group, its tree and everything this start spawned
+        (the processes carrying this start's marker); never another start's processes.
 
         exit_code is the service's own exit code when it exited by itself; not when we killed it."""
         table = self._snapshot()
@@ -611,21 +709,14 @@ class Lifecycle:
             # its identity could not be read at the spawn; it is our child, not reaped yet, so
             # the pid is still its own
             starttime = table[proc.pid].starttime
-        cleanup = self._terminate(
-            table,
-            proc.pid,
-            proc.pid,
-            spec,
-            children,
-            since=t_start,
-            timeout=min(spec["stop_timeout"], 5.0),
-            starttime=starttime,
-        )
+        record = {"pid": proc.pid, "starttime": starttime, "pgid": proc.pid, "boot_id": procs.boot_id()}
+        cleanup = self._terminate(spec, record, timeout=min(spec["stop_timeout"], 5.0), start_id=start_id)
         self._reap()
         if cleanup["alive"]:
             detail += "; still alive after SIGKILL: %s" % describe_pids(self._snapshot(), cleanup["alive"])
-        self.store.mark(
-            spec["name"], stopped=True, last_start="failed", stopped_at=time.time(), exit_code=exit_code
+        self._mark_quietly(
+            spec["name"], stopped=True, last_start="failed", stopped_at=time.time(), exit_code=exit_code,
+            gating=False,
         )
         extra = {}
         if spec["name"] in self._sup_log_offset:  # the supervisor's own words, beside the service's
@@ -656,6 +747,7 @@ class Lifecycle:
     # --- stop ------------------------------------------------------------------------------
 
     def stop(self, specs, all_specs):
+        self.prepare(specs, all_specs)
         self._remember_secrets(specs, all_specs)
         results = []
         for spec in specs:
@@ -667,6 +759,16 @@ class Lifecycle:
             self.emit({"event": "service", "phase": "stop", "result": r})
             results.append(r)
         return {"ok": all(r["outcome"] != "failed" for r in results), "services": results}
+
+    def _mark_quietly(self, name, **fields):
+        """Record a state change; a failed write (a full disk) is returned, never raised: it
+        must not abort the signals that stop a service."""
+        try:
+            self.store.mark(name, **fields)
+            return None
+        except OSError as exc:
+            return "could not record the state of %s in %s: %s" % (
+                name, exc.filename or self.store.root, exc.strerror or exc)
 
     def _verify_child_stopped(self, spec, all_specs):
         sup = all_specs[spec["supervised_by"]]
@@ -681,10 +783,11 @@ class Lifecycle:
                     % (sup["name"], sup_pid, sup["name"])
                 ),
             }
-        left = self._pgrep(table, spec["match"])
-        if left:
+        dom = self.domain(sup, table)
+        owned, _ = dom.classify(spec["match"])
+        if owned:
             # the supervisor is gone: these are orphans; sweep them like the supervisor's stop does
-            swept = self._sweep(spec, [])
+            swept = self._sweep(sup, [spec], spec["stop_timeout"])
             return dict(swept, name=spec["name"])
         port_left = procs.listening_pids(spec["port"]) if spec.get("port") else set()
         if port_left:
@@ -697,136 +800,137 @@ class Lifecycle:
 
     def stop_one(self, spec, children):
         name = spec["name"]
-        state = self.store.load(name)
+        state = self.store.load(name) or {}
+        if state.get("corrupt"):
+            state = {}
         pid, note = self.live_pid(spec, state)
         signalled, escalated = [], False
         if pid is not None and state.get("supervisor_state"):
             # its SIGTERM handler sets a flag; it then stops the child (TERM, wait, KILL) and exits
             sup = {pid: state.get("starttime")}
-            self._signal(None, sup, signal.SIGTERM)
+            self._signal([], sup, signal.SIGTERM)
             signalled = [pid]
             self._wait_gone(sup, spec["stop_timeout"] + KILL_WAIT + 1.0)
-        table = self._snapshot()
-        if pid is not None:
-            term = self._terminate(
-                table,
-                pid,
-                state.get("pgid") or pid,
-                spec,
-                children,
-                timeout=spec["stop_timeout"],
-                signame=spec.get("stop_signal", "TERM"),
-                starttime=state.get("starttime"),
-            )
-            signalled, escalated = sorted(set(signalled) | set(term["signalled"])), term["escalated"]
-            if term["alive"]:
-                return {
-                    "name": name,
-                    "outcome": "failed",
-                    "pid": pid,
-                    "signalled": signalled,
-                    "escalated": True,
-                    "detail": "still alive after SIGKILL: %s"
-                    % describe_pids(self._snapshot(), term["alive"]),
-                }
-        elif note:
-            self.store.mark(name, stale=True, stale_note=note)
-        swept = self._sweep(spec, children)
+        # everything the service owns, found by identity: the recorded process, its group (also
+        # when its leader died), its tree, and processes carrying its marker
+        term = self._terminate(
+            spec, state, timeout=spec["stop_timeout"], signame=spec.get("stop_signal", "TERM")
+        )
+        signalled, escalated = sorted(set(signalled) | set(term["signalled"])), term["escalated"]
+        if term["alive"]:
+            return {
+                "name": name,
+                "outcome": "failed",
+                "pid": pid,
+                "signalled": signalled,
+                "escalated": True,
+                "detail": "still alive after SIGKILL: %s" % describe_pids(self._snapshot(), term["alive"]),
+            }
+        warnings = []
+        if note and pid is None:
+            w = self._mark_quietly(name, stale=True, stale_note=note)
+            if w:
+                warnings.append(w)
+        # then what escaped identity but is provably its own (pattern + user + checkout)
+        swept = self._sweep(spec, children, spec["stop_timeout"])
+        w = self._mark_quietly(name, stopped=True, stopped_at=time.time(), stopped_by="user", gating=False)
+        if w:
+            warnings.append(w)
         if swept["outcome"] == "failed":
-            return dict(swept, signalled=signalled, escalated=escalated, pid=pid)
-        self.store.mark(name, stopped=True, stopped_at=time.time(), stopped_by="user")
-        if pid is None and not swept["orphans"]:
+            return dict(swept, signalled=signalled, escalated=escalated, pid=pid, warnings=warnings)
+        orphans = term["orphans"] + [o for o in swept["orphans"] if o["pid"] not in term["signalled"]]
+        if pid is None and not orphans and not term["signalled"]:
             detail = "was not running" + ("; " + note + " (not signalled)" if note else "")
             outcome = "not-running"
         else:
-            detail = (
-                "stopped"
-                + (" pid %d" % pid if pid else "")
-                + (" (escalated to SIGKILL)" if escalated else "")
-            )
-            if swept["orphans"]:
+            if pid is not None:
+                detail = "stopped pid %d" % pid
+            else:
+                detail = "pid %s was gone" % (state.get("pid") or "?")
+            if escalated:
+                detail += " (escalated to SIGKILL)"
+            if orphans:
                 detail += "; killed %d orphan(s): %s" % (
-                    len(swept["orphans"]),
-                    ", ".join("%d" % o["pid"] for o in swept["orphans"]),
-                )
+                    len(orphans), ", ".join("%d" % o["pid"] for o in orphans))
             outcome = "stopped"
+        if swept.get("foreign_note"):
+            detail += "; " + swept["foreign_note"]
+        if warnings:
+            detail += "; WARNING: " + "; ".join(warnings)
         return {
             "name": name,
             "outcome": outcome,
             "pid": pid,
             "signalled": signalled,
             "escalated": escalated,
-            "orphans": swept["orphans"],
+            "orphans": orphans,
+            "foreign": swept.get("foreign", []),
             "detail": detail,
             "note": note,
+            "warnings": warnings,
         }
 
-    def _targets(self, table, pid, starttime, pgid, specs, since=None):
-        """What belongs to the service right now: the root pid (only while it is the same
-        process) and its descendants, its process group, and for a failed start also the
-        processes matching its patterns born since the start.
+    def _targets(self, table, name, state, start_id=None):
+        """({pid: starttime}, [group ids]) of what a service owns by identity right now (ownership.py):
+        the recorded process and its tree, the group created for it (also when its leader died),
+        the supervisor's child and its group, and what carries its marker (of one start only, when
+        start_id is given). A pid whose start time differs is never a target, nor is a group whose id
+        now belongs to another process."""
+        dom = ownership.Domain(
+            table,
+            self.state_root,
+            self.checkout,
+            name,
+            state=state,
+            supervisor_state=self.supervisor_state(state),
+            protected=self.protected,
+            probe=self.probe_factory(),
+            start_id=start_id,
+        )
+        return {pid: table[pid].starttime for pid in dom.members}, dom.groups
 
-        A root whose start time is unknown is never a target (its pid may be someone else's now),
-        nor is a group whose id is now the pid of another process (a reused group id)."""
-        targets = {}
-        root = table.get(pid)
-        if root is not None and root.alive and starttime is not None and root.starttime == starttime:
-            targets[pid] = root.starttime
-            for p in procs.descendants(table, pid):
-                if p.alive:
-                    targets[p.pid] = p.starttime
-        leader = table.get(pgid) if pgid else None
-        if pgid == pid and leader is not None and leader.starttime != starttime:
-            pgid = None  # that group id now belongs to a process that is not the one we started
-        if pgid:
-            for p in table.values():
-                if p.alive and p.pgid == pgid:
-                    targets[p.pid] = p.starttime
-        if since is not None:
-            for s in specs:
-                for p in self._pgrep(table, s["match"]):
-                    if p.start_epoch >= since - 1.0:
-                        targets[p.pid] = p.starttime
-        for safe in self.protected:
-            targets.pop(safe, None)
-        return targets
-
-    def _terminate(
-        self, table, pid, pgid, spec, children, timeout, signame="TERM", since=None, starttime=None
-    ):
-        """Signal the group and the tree, wait, then KILL what is left (and whatever the group or
+    def _terminate(self, spec, state, timeout, signame="TERM", start_id=None):
+        """Signal the group(s) and the tree, wait, then KILL what is left (and whatever the group or
         tree gained meanwhile, e.g. a child respawned by a dying supervisor)."""
-        specs = [spec] + list(children)
-        targets = self._targets(table, pid, starttime, pgid, specs, since)
+        name = spec["name"]
+        table = self._snapshot()
+        targets, groups = self._targets(table, name, state, start_id)
+        # what escaped the tree of the live recorded process: orphans (its leader died, or they
+        # were re-parented), found by their group or their marker
+        root = state.get("pid") if state else None
+        in_tree = {root} | {d.pid for d in procs.descendants(table, root)} if root in targets else set()
+        orphans = [{"pid": p, "cmd": table[p].cmdline[:100]} for p in sorted(targets) if p not in in_tree]
         signalled = set(targets)
-        self._signal(pgid, targets, _signum(signame))
+        self._signal(groups, targets, _signum(signame))
         alive = self._wait_gone(targets, timeout)
         left = {p: targets[p] for p in alive}
-        left.update(self._targets(self._snapshot(), pid, starttime, pgid, specs, since))
+        more, more_groups = self._targets(self._snapshot(), name, state, start_id)
+        left.update(more)
         escalated = bool(left)
         if left:
             signalled |= set(left)
-            self._signal(pgid, left, signal.SIGKILL)
+            self._signal(sorted(set(groups) | set(more_groups)), left, signal.SIGKILL)
             alive = self._wait_gone(left, KILL_WAIT)
-        return {"signalled": sorted(signalled), "escalated": escalated, "alive": alive}
+        return {"signalled": sorted(signalled), "escalated": escalated, "alive": alive, "orphans": orphans}
 
-    def _signal(self, pgid, targets, signum):
-        """Signal each target that is still the same process (pid + start time); the whole group
-        too, but only while one of them is in it (so the group id cannot have been reused)."""
+    def _signal(self, groups, targets, signum):
+        """Signal each target that is still the same process (pid + start time); each group too,
+        but only while one of the targets is in it (so the group id cannot have been reused)."""
         live = {}
         for tpid, starttime in targets.items():
             p = procs.get(tpid)
             if p is not None and p.alive and p.starttime == starttime:
                 live[tpid] = p.pgid
-        sent_group = False
-        if pgid and pgid in live.values():
-            try:
-                os.killpg(pgid, signum)
-                sent_group = True
-            except (ProcessLookupError, PermissionError):
-                pass
+        sent = set()
+        for pgid in groups or ():
+            if pgid and pgid in live.values():
+                try:
+                    os.killpg(pgid, signum)
+                    sent.add(pgid)
+                except (ProcessLookupError, PermissionError):
+                    pass
         for tpid, tpgid in live.items():
-            if sent_group and tpgid == pgid:
+            if tpgid in sent:
                 continue  # signalled once already: a second TERM can catch a handler mid-way
             try:
                 os.kill(tpid, signum)
@@ -846,48 +950,62 @@ class Lifecycle:
                 return alive
             self.sleep(POLL)
 
-    def _sweep(self, spec, children):
-        """Kill every process matching the service's and its children's patterns; prove none is left."""
-        specs = [spec] + list(children)
-        table = self._snapshot()
-        found = {}
+    def _owned_matches(self, top, specs, table):
+        """(owned {pid: Proc}, foreign [(Proc, why)]) among the processes matching the patterns of
+        specs, judged against the domain of the top-level service `top`."""
+        dom = self.domain(top, table)
+        owned, foreign = {}, {}
         for s in specs:
-            for p in self._pgrep(table, s["match"]):
-                found[p.pid] = p
+            mine, other = dom.classify(s["match"])
+            for p, _ in mine:
+                owned[p.pid] = p
+            for p, why in other:
+                foreign.setdefault(p.pid, (p, why))
+        return owned, list(foreign.values())
+
+    def _sweep(self, top, specs, stop_timeout):
+        """Kill what matches the patterns of `top` (and of `specs`) and is provably its own
+        (ownership.py); prove none is left. A match that is not its own is reported, not touched."""
+        specs = [top] + [s for s in specs if s is not top]
+        table = self._snapshot()
+        found, foreign = self._owned_matches(top, specs, table)
         orphans = [{"pid": p.pid, "cmd": p.cmdline[:100]} for p in found.values()]
         if found:
             targets = {p.pid: p.starttime for p in found.values()}
-            self._signal(None, targets, signal.SIGTERM)
-            alive = self._wait_gone(targets, spec["stop_timeout"])
+            self._signal([], targets, signal.SIGTERM)
+            alive = self._wait_gone(targets, stop_timeout)
             if alive:
-                self._signal(None, {p: targets[p] for p in alive}, signal.SIGKILL)
+                self._signal([], {p: targets[p] for p in alive}, signal.SIGKILL)
                 self._wait_gone({p: targets[p] for p in alive}, KILL_WAIT)
         table = self._snapshot()
-        left = {}
-        for s in specs:
-            for p in self._pgrep(table, s["match"]):
-                left[p.pid] = p
+        left, foreign = self._owned_matches(top, specs, table)
+        extra = {}
+        if foreign:
+            extra = {
+                "foreign": [{"pid": p.pid, "cmd": p.cmdline[:100], "why": why} for p, why in foreign],
+                "foreign_note": ownership.foreign_note(table, foreign, top["name"]),
+            }
         if left:
-            return {
-                "name": spec["name"],
+            return dict(extra, **{
+                "name": top["name"],
                 "outcome": "failed",
                 "orphans": orphans,
                 "detail": "processes still running after stop: %s" % describe_pids(table, left),
-            }
+            })
         for s in specs:
             if s.get("port"):
                 holders = procs.listening_pids(s["port"])
                 if holders:
-                    return {
-                        "name": spec["name"],
+                    return dict(extra, **{
+                        "name": top["name"],
                         "outcome": "failed",
                         "orphans": orphans,
                         "detail": "port %d is still held after stop by %s"
                         % (s["port"], describe_pids(table, holders)),
-                    }
-        return {
-            "name": spec["name"],
+                    })
+        return dict(extra, **{
+            "name": top["name"],
             "outcome": "stopped",
             "orphans": orphans,
             "detail": "swept %d orphan(s)" % len(orphans) if orphans else "nothing left",
-        }
+        })

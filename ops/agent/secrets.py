@@ -38,9 +38,9 @@ class Secrets:
     def read_file(self, path):
         """The stripped content of a secret file on the host, or None if unreadable."""
         try:
-            with open(expand(path, self.base)) as f:
-                value = f.read().strip()
-        except OSError:
+            with open(expand(path, self.base), "rb") as f:
+                value = f.read().decode("utf-8").strip()
+        except (OSError, UnicodeDecodeError):  # the step that needs it says so (http_check)
             return None
         if value:
             self.values.add(value)
@@ -50,10 +50,16 @@ class Secrets:
         """(env dict, error or None)."""
         p = expand(path, self.base)
         try:
-            with open(p) as f:
-                env = parse_env_file(f.read())
+            with open(p, "rb") as f:
+                raw = f.read()
         except OSError as exc:
             return {}, "cannot read env_file %s: %s" % (p, exc.strerror or exc)
+        try:
+            env = parse_env_file(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            # an error of this service alone: the others of the host work on
+            return {}, "env_file %s is not UTF-8 text (byte 0x%02x at offset %d); save it as UTF-8" % (
+                p, raw[exc.start], exc.start)
         for v in env.values():
             if len(v) >= 4:
                 self.values.add(v)

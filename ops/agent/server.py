@@ -17,7 +17,7 @@ import sys
 import time
 import traceback
 
-from . import checks, deployops, procs
+from . import checks, deployops, hostlock, procs
 from .gates import tail_lines
 from .lifecycle import Lifecycle
 from .state import expand
@@ -176,6 +176,16 @@ OPS.update(deployops.OPS)
 OPS.update(checks.OPS)
 
 
+# the operations that change what runs on the host: one at a time per host (hostlock.py)
+MUTATING = frozenset(["start", "stop", "verify_restart"])
+
+
+def needs_host_lock(op, args):
+    if op in MUTATING:
+        return True
+    return op == "verify_all" and any((s or {}).get("check") == "restart" for s in args.get("steps") or [])
+
+
 def register(name, fn):
     OPS[name] = fn
 
@@ -201,6 +211,7 @@ def serve(inp=None, out=None):
         return _loop(inp, chan)
     finally:
         deployops.release_held_locks()
+        hostlock.release_all()
 
 
 def _loop(inp, chan):
@@ -219,7 +230,8 @@ def _loop(inp, chan):
         except ValueError:
             chan.send({"event": "error", "type": "protocol", "message": "bad JSON request"})
             continue
-        fn = OPS.get(req.get("op"))
+        op = req.get("op")
+        fn = OPS.get(op)
         if fn is None:
             chan.send(
                 {"id": rid, "event": "error", "type": "protocol", "message": "unknown op %r" % req.get("op")}
@@ -232,7 +244,20 @@ def _loop(inp, chan):
             chan.send(event)
 
         try:
-            data = fn(req.get("args") or {}, emit)
+            args = req.get("args") or {}
+            locked = None
+            if needs_host_lock(op, args):
+                host = args.get("host") or {}
+                root = os.path.realpath(expand(host["state_dir"]))
+                if not hostlock.held(root):  # a deploy holds it already for its whole run
+                    wait = float(args.get("lock_wait") or host.get("lock_wait") or 0)
+                    hostlock.acquire(root, op, wait=wait, emit=emit)
+                    locked = root
+            try:
+                data = fn(args, emit)
+            finally:
+                if locked:
+                    hostlock.release(locked)
             chan.send({"id": rid, "event": "result", "data": data})
         except Exception as exc:  # report, keep serving
             chan.send(

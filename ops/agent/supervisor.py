@@ -43,7 +43,7 @@ import subprocess
 import sys
 import time
 
-from . import procs
+from . import ownership, procs
 from .gates import describe_pids, heartbeat_age
 from .state import write_json_atomic
 
@@ -144,10 +144,16 @@ class Supervisor:
     # --- child --------------------------------------------------------------------------------
 
     def _instances(self):
+        """Instances of this service that are its own (ownership.py): another checkout's copy or
+        another user's is never counted; a master with its workers is one instance."""
         pattern = self.spec.get("match")
         if not pattern:
             return 0
-        return len(procs.pgrep(procs.snapshot(), pattern))
+        table = procs.snapshot()
+        dom = ownership.Domain(
+            table, self.spec.get("state_root") or "", self.spec.get("checkout") or self.spec["cwd"],
+            self.name, protected=procs.self_and_ancestors(table))
+        return len(ownership.instances(table, [p for p, _ in dom.classify(pattern)[0]]))
 
     def _port_held(self):
         """Who holds the service's port now (None if it is free)."""

@@ -159,16 +159,19 @@ class Rig:
         return services
 
     def spawner(self, copies: int, every: float, max_instances: int | None = 1) -> dict[str, dict[str, Any]]:
-        """A spawn loop (runbook 2): a parent that keeps starting children matching its pattern."""
+        """A spawn loop (runbook 2): a coordinator (`spawner`) that keeps starting workers
+        (`loop_worker`, its children: each one a separate instance)."""
         svc: dict[str, Any] = {
             "cmd": self.script(
                 "spawner.py", "--copies", copies, "--every", every, "--child-arg", "loop", python=PY
             ),
-            "match": self.pattern("spawner.py"),
+            "match": self.pattern("spawner.py --copies"),
+            "children": ["loop_worker"],
         }
+        worker: dict[str, Any] = {"match": self.pattern("spawner.py --child loop")}
         if max_instances is not None:
-            svc["max_instances"] = max_instances
-        return {"spawner": svc}
+            worker["max_instances"] = max_instances
+        return {"spawner": svc, "loop_worker": worker}
 
     def write(
         self,

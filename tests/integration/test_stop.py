@@ -72,7 +72,7 @@ def test_stop_leaves_no_orphan_of_a_service_whose_grandchild_escaped_its_session
     rig.wait_none_running(timeout=0)
 
 
-def test_orphans_left_by_a_dead_parent_are_swept_by_pattern(rig: Rig) -> None:
+def test_orphans_left_by_a_dead_parent_carry_its_marker_and_are_stopped(rig: Rig) -> None:
     rig.write({"maker": _orphan_maker(rig)})
     parent = by_name(rig.start())["maker"]["pid"]
     grandchild = _grandchild(rig)
@@ -224,7 +224,8 @@ def test_stop_sweeps_the_api_left_behind_by_a_supervisor_killed_behind_the_tools
 
     assert status["demo_daemon"]["state"] == "dead"
     assert status["demo_api"]["state"] == "unknown"
-    assert f"not started by this tool but running: pid {api}" in status["demo_api"]["detail"]
+    detail = status["demo_api"]["detail"]
+    assert f"not started by this tool, or escaped its tree, but running: pid {api}" in detail
     assert result.ok, result.services
     assert [o["pid"] for o in by_name(result)["demo_daemon"]["orphans"]] == [api]
     assert not pid_alive(api)

@@ -151,15 +151,34 @@ def test_exit_zero_with_on_failure_means_done(supervise):
     assert r.text().count("did the job") == 1
 
 
-def test_max_instances_blocks_spawning_while_copies_run(supervise, tmp_path):
-    other = subprocess.Popen([sys.executable, str(FIXTURES / "ignore_term.py"), "--copy"],
+def test_max_instances_blocks_spawning_while_copies_of_its_own_run(supervise, tmp_path):
+    # a copy running from the service's checkout (its cwd) is provably its own: it is counted
+    other = subprocess.Popen([sys.executable, str(FIXTURES / "ignore_term.py"), "--copy"], cwd=tmp_path,
                              stdout=subprocess.DEVNULL, start_new_session=True)
     try:
         r = supervise("capped", [sys.executable, str(FIXTURES / "ignore_term.py")],
-                      match=r"ignore_term\.py", max_instances=1,
+                      match=r"ignore_term\.py", max_instances=1, checkout=str(tmp_path),
                       restart={"policy": "always", "backoff": 0.1})
         wait_until(lambda: "max_instances 1 reached" in r.text(), timeout=10)
         assert r.state()["child_pid"] is None
+    finally:
+        os.killpg(other.pid, signal.SIGKILL)
+        other.wait(5)
+
+
+def test_max_instances_does_not_count_a_copy_from_another_checkout(supervise, tmp_path):
+    elsewhere = tmp_path / "prod"
+    elsewhere.mkdir()
+    other = subprocess.Popen([sys.executable, str(FIXTURES / "ignore_term.py"), "--copy"], cwd=elsewhere,
+                             stdout=subprocess.DEVNULL, start_new_session=True)
+    checkout = tmp_path / "staging"
+    checkout.mkdir()
+    try:
+        r = supervise("capped", [sys.executable, str(FIXTURES / "ignore_term.py")],
+                      match=r"ignore_term\.py", max_instances=1, checkout=str(checkout),
+                      restart={"policy": "always", "backoff": 0.1})
+        wait_until(lambda: r.state().get("child_pid"), timeout=10)
+        assert "max_instances" not in r.text()
     finally:
         os.killpg(other.pid, signal.SIGKILL)
         other.wait(5)

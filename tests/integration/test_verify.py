@@ -9,6 +9,7 @@ teardown can kill whatever is left by path. Waits are conditions with timeouts, 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 
@@ -169,7 +170,11 @@ def test_verify_restart_fails_when_the_supervisor_dies_with_its_child(local_rig:
                 "cmd": f"sh -c '{PY} {rig.checkout}/demo/api.py --port {port}; echo api gone'",
                 "children": ["shell_api"],
             },
-            "shell_api": {"match": f"{rig.checkout}/demo/api\\.py --port {port}", "port": port},
+            # anchored: the pattern must not match the `sh -c` line that carries the same words
+            "shell_api": {
+                "match": f"^{re.escape(PY)} {rig.checkout}/demo/api\\.py --port {port}$",
+                "port": port,
+            },
         }
     )
     with rig.session() as s:

@@ -40,11 +40,11 @@ def test_inv_verify_watch_fails_on_a_spawn_loop_over_max_instances(rig: Rig) -> 
     out = rig.inv_json("verify.watch", "--seconds", "3", code=1)
     assert time.monotonic() - t < 6
     host = out["hosts"][0]
-    c = {x["service"] or x["name"]: x for x in host["checks"]}["spawner"]
+    c = {x["service"] or x["name"]: x for x in host["checks"]}["loop_worker"]
     assert not c["ok"] and max(c["counts"]) > 1
     assert "more than max_instances = 1" in c["detail"]
     assert "processes match" in c["detail"] and "(watch stopped early" in c["detail"]
-    assert [x["counts"]["spawner"] for x in host["samples"]] == c["counts"]
+    assert [x["counts"]["loop_worker"] for x in host["samples"]] == c["counts"]
     # verify.all counts the instances once, and fails too
     out = rig.inv_json("verify.all", code=1)
     inst = [x for x in out["hosts"][0]["checks"] if x["name"] == "instances"][0]
@@ -57,7 +57,7 @@ def test_watch_fails_when_the_count_keeps_growing(local_rig: Rig) -> None:
     with rig.session() as s:
         rig.start_ok(s)
         report = verify.watch(s, seconds=4)
-    c = checks_of(report)["spawner"]
+    c = checks_of(report)["loop_worker"]
     assert not c["ok"], c
     assert "the count keeps growing" in c["detail"]
     a, b, d = c["counts"][-3:]

@@ -102,18 +102,19 @@ def test_checks_redact_the_env_file_secrets_of_the_hosts_services(tmp_path: Path
 def test_a_root_pid_of_unknown_start_time_is_never_a_target(tmp_path: Path) -> None:
     lc = Lifecycle(host(tmp_path))
     table = {BASE: proc(BASE, 1, BASE, "someone-else"), BASE + 1: proc(BASE + 1, BASE, BASE, "its-child")}
-    assert lc._targets(table, BASE, None, None, []) == {}
-    assert lc._targets(table, BASE, "100", None, []) == {BASE: "100", BASE + 1: "100"}
+    assert lc._targets(table, "svc", {"pid": BASE, "starttime": None})[0] == {}
+    assert lc._targets(table, "svc", {"pid": BASE, "starttime": "100"})[0] == {BASE: "100", BASE + 1: "100"}
 
 
 def test_a_group_whose_id_is_now_another_processs_pid_is_not_signalled(tmp_path: Path) -> None:
     lc = Lifecycle(host(tmp_path))
     # we started pid BASE at "100"; it is gone and BASE now leads a new group, started at "555"
     table = {BASE: proc(BASE, 1, BASE, "new", start="555"), BASE + 1: proc(BASE + 1, 1, BASE, "member")}
-    assert lc._targets(table, BASE, "100", BASE, []) == {}
+    state = {"pid": BASE, "starttime": "100", "pgid": BASE}
+    assert lc._targets(table, "svc", state) == ({}, [])
     # the leader gone, its group's members are still ours
     del table[BASE]
-    assert lc._targets(table, BASE, "100", BASE, []) == {BASE + 1: "100"}
+    assert lc._targets(table, "svc", state) == ({BASE + 1: "100"}, [BASE])
 
 
 def test_the_supervisor_does_not_kill_the_group_of_a_reaped_child_with_no_member_left(monkeypatch) -> None:

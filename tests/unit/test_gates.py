@@ -202,7 +202,7 @@ def test_http_check_fails_when_the_header_file_is_missing(web: str, tmp_path: Pa
     ok, detail, status = http_check({"url": web + "/lookup", "header_files": {"X-Token": str(missing)}})
 
     assert (ok, status) == (False, None)
-    assert detail == f"header X-Token: cannot read {missing} on the host"
+    assert detail == f"header X-Token: cannot read {missing} on the host (missing, unreadable or not UTF-8)"
 
 
 def test_http_check_fails_when_the_body_does_not_match(web: str) -> None:

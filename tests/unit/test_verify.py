@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from ops import inventory, report, verify
-from ops.agent import checks, procs
+from ops.agent import checks, ownership, procs
 from ops.agent.procs import Proc
 from ops.errors import InventoryError, OpsError, UsageError
 from ops.session import HostOutcome
@@ -268,15 +268,32 @@ class FakeClock:
         self.now += seconds
 
 
+class CheckoutProbe(ownership.Probe):
+    """Evidence for literal processes: each runs from the host's checkout (/srv) as this user,
+    except the pids listed in `elsewhere` (cwd -> another checkout)."""
+
+    def __init__(self, elsewhere: dict[int, str] | None = None) -> None:
+        super().__init__(uid=0)
+        self.elsewhere = elsewhere or {}
+
+    def marker(self, proc: Proc):
+        return None
+
+    def cwd(self, proc: Proc) -> str:
+        return self.elsewhere.get(proc.pid, "/srv")
+
+
 class TableChecks(checks.Checks):
     """The real checks, fed literal process tables and a literal owner (no state files)."""
 
-    def __init__(self, tables: list[dict[int, Proc]], owners: dict[str, int | None], specs, **kw) -> None:
+    def __init__(self, tables: list[dict[int, Proc]], owners: dict[str, int | None], specs,
+                 elsewhere: dict[int, str] | None = None, **kw) -> None:
         super().__init__(
             {"host": {"name": "box", "path": "/srv", "state_dir": "/nonexistent"}, "services": specs}, **kw
         )
         self.tables = tables
         self.owners = owners
+        self.lc.probe_factory = lambda: CheckoutProbe(elsewhere)
 
     def _snapshot(self):
         return self.tables.pop(0) if len(self.tables) > 1 else self.tables[0]

@@ -1,0 +1,347 @@
+"""Which processes belong to a service: the one place on the host that decides it.
+
+Stdlib only, python3.8+. Everything that signals, counts or sweeps a process asks this module
+first. A process belongs to a service (more exactly: to the *domain* of a top-level service, that
+is the service and the children it supervises) when, in this order of evidence:
+
+1. ``recorded``: it is the process the tool spawned (pid + start time + boot id, from the state
+   file);
+2. ``group``: it is a live member of the process group the tool created for it at the spawn
+   (``setsid``), born at or after the spawn. The group id is trusted only while its leader is the
+   recorded process or is gone: a live process holding that pid with another start time means the
+   id has been reused, and then the group is no longer ours. The same holds for the group of the
+   child run by the tool's own supervisor;
+3. ``tree``: it descends from a process of 1 or 2;
+4. ``marker``: it carries ``OPS_OWNER=<state dir>#<service>#<start id>`` in its environment
+   (read from ``/proc/PID/environ``, only for processes of the agent's own user). The tool puts the
+   marker in the environment of everything it spawns, and descendants inherit it, so a child that
+   was re-parented to init and left the group is still found;
+5. ``pattern``: for a process that escaped all of the above (a program that builds its child's
+   environment from an allowlist, then was re-parented), it matches the service's pattern AND
+   runs as the same user AND runs from this host's checkout (its cwd, or a path in its argv, under
+   the host's ``path``), AND carries no marker of something else.
+
+A process that matches a service's pattern but fails these tests is *foreign*: it is never
+signalled and never counted, only reported with the reason ("runs from /srv/prod, not from this
+host's checkout /srv/staging: not touched").
+"""
+
+import os
+
+from . import procs
+
+MARKER = "OPS_OWNER"
+
+
+# ---------------------------------------------------------------- pure parts
+
+
+def marker_value(state_root, service, start_id=""):
+    """The value of the ownership marker the tool puts in the environment of what it spawns."""
+    return "%s#%s#%s" % (state_root, service, start_id)
+
+
+def parse_marker(value):
+    """(state_root, service, start_id) from a marker value; None when it is not one."""
+    if not value:
+        return None
+    head, sep, start_id = value.rpartition("#")
+    if not sep:
+        return None
+    root, sep, service = head.rpartition("#")
+    if not sep or not root or not service:
+        return None
+    return root, service, start_id
+
+
+def marker_in_environ(raw):
+    """The marker's value from the raw bytes of /proc/PID/environ (NUL-separated), or None."""
+    prefix = (MARKER + "=").encode()
+    for item in raw.split(b"\0"):
+        if item.startswith(prefix):
+            return item[len(prefix):].decode("utf-8", "replace")
+    return None
+
+
+def resolve_argv(argv, cwd, exists=os.path.exists):
+    """The command as the tool runs it: relative paths in argv made absolute under cwd.
+
+    A token is resolved when it names a path (it holds a "/", does not start with "/", "-" or
+    "~", carries no "=" or "://") and that path exists under cwd (``exists`` is injectable for the
+    pure client-side approximation). A bare program name (``python3``) is left for PATH lookup.
+    The result is what the process's command line shows, so the default pattern built from it
+    tells two checkouts of the same app apart.
+    """
+    out = []
+    for token in argv:
+        if (
+            "/" in token
+            and not token.startswith(("/", "-", "~"))
+            and "=" not in token
+            and "://" not in token
+        ):
+            candidate = os.path.normpath(os.path.join(cwd, token))
+            if exists(candidate):
+                token = candidate
+        out.append(token)
+    return out
+
+
+_SPECIAL = frozenset(".^$*+?{}[]\\|()")
+
+
+def literal(text):
+    """text as a regex that matches exactly it: only the characters that mean something in a
+    regex are escaped (re.escape also escapes spaces and dashes, which reads badly in reports)."""
+    return "".join("\\" + c if c in _SPECIAL else c for c in text)
+
+
+def default_match(argv):
+    """The default pattern of a service: its resolved command line, anchored at both ends."""
+    return "^" + literal(" ".join(argv)) + "$"
+
+
+def under(path, roots):
+    """True when path is one of roots or inside one of them (paths normalised, no I/O)."""
+    if not path:
+        return False
+    path = os.path.normpath(path)
+    for root in roots:
+        root = os.path.normpath(root)
+        if path == root or path.startswith(root.rstrip("/") + "/"):
+            return True
+    return False
+
+
+# ---------------------------------------------------------------- evidence readers
+
+
+class Probe:
+    """Per-process evidence beyond the stat line (environment marker, cwd), read lazily and
+    cached for one snapshot. Only processes of the agent's own user are ever read."""
+
+    def __init__(self, uid=None):
+        self.uid = os.geteuid() if uid is None else uid
+        self._markers = {}
+        self._cwds = {}
+
+    def same_user(self, proc):
+        return proc.uid == self.uid
+
+    def marker(self, proc):
+        """(state_root, service, start_id) of the marker the process carries, or None."""
+        key = (proc.pid, proc.starttime)
+        if key not in self._markers:
+            value = None
+            if self.same_user(proc):
+                try:
+                    with open("/proc/%d/environ" % proc.pid, "rb") as f:
+                        value = marker_in_environ(f.read())
+                except OSError:
+                    value = None
+            self._markers[key] = parse_marker(value)
+        return self._markers[key]
+
+    def cwd(self, proc):
+        key = (proc.pid, proc.starttime)
+        if key not in self._cwds:
+            try:
+                self._cwds[key] = os.readlink("/proc/%d/cwd" % proc.pid)
+            except OSError:
+                self._cwds[key] = None
+        return self._cwds[key]
+
+    def in_checkout(self, proc, roots):
+        """Runs from the checkout: its cwd, or an absolute (or cwd-relative) argv path, under it."""
+        cwd = self.cwd(proc)
+        if under(cwd, roots):
+            return True
+        for token in proc.argv:  # noqa: SIM102 (two kinds of path, one rule each)
+            if token.startswith("/"):
+                if under(token, roots):
+                    return True
+            elif cwd and "/" in token and not token.startswith("-"):
+                relative = os.path.join(cwd, token)
+                if under(relative, roots):
+                    return True
+        return False
+
+
+def checkout_roots(checkout):
+    """The checkout as written and as resolved (a symlinked home must not hide it)."""
+    roots = [os.path.normpath(checkout)]
+    real = os.path.realpath(checkout)
+    if real not in roots:
+        roots.append(real)
+    return roots
+
+
+# ---------------------------------------------------------------- the domain of a service
+
+
+class Domain:
+    """What one top-level service (with the children it supervises) owns right now.
+
+    ``members`` maps pid -> reason for everything found by identity (recorded, group, tree,
+    marker); pattern matches are judged one by one with ``judge`` / ``classify``.
+    """
+
+    def __init__(
+        self,
+        table,
+        state_root,
+        checkout,
+        name,
+        state=None,
+        supervisor_state=None,
+        protected=(),
+        probe=None,
+        scan_markers=True,
+        start_id=None,
+    ):
+        self.table = table
+        self.state_root = state_root
+        self.name = name
+        self.roots = checkout_roots(checkout)
+        self.probe = probe or Probe()
+        self.protected = set(protected)
+        self.start_id = start_id
+        self.members = {}
+        self.root = None  # the recorded process, while it is still the same process
+        self.groups = []  # process group ids that are provably ours
+        state = state or {}
+        boot = procs.boot_id()
+        same_boot = not state.get("boot_id") or state.get("boot_id") == boot
+        pid, starttime = state.get("pid"), state.get("starttime")
+        if pid and starttime is not None and same_boot:
+            p = table.get(pid)
+            if p is not None and p.alive and p.starttime == str(starttime):
+                self.root = pid
+                self._add(pid, "recorded")
+        if same_boot:
+            self._group(state.get("pgid") or pid, pid, starttime)
+            sup = supervisor_state or {}
+            if sup.get("child_pid") and sup.get("child_starttime") is not None:
+                child = table.get(sup["child_pid"])
+                if child is not None and child.alive and child.starttime == str(sup["child_starttime"]):
+                    self._add(child.pid, "recorded")
+                self._group(sup["child_pid"], sup["child_pid"], sup["child_starttime"])
+        for p in list(self.members):
+            for d in procs.descendants(table, p):
+                if d.alive:
+                    self._add(d.pid, "tree")
+        if scan_markers:
+            for p in table.values():
+                if p.pid not in self.members and p.alive and self._marked_ours(p):
+                    self._add(p.pid, "marker")
+                    for d in procs.descendants(table, p.pid):
+                        if d.alive:
+                            self._add(d.pid, "tree")
+
+    def _add(self, pid, reason):
+        if pid in self.protected:
+            return
+        self.members.setdefault(pid, reason)
+
+    def _group(self, pgid, leader_pid, leader_starttime):
+        """Members of a process group the tool created (leader = the process spawned with setsid)."""
+        if not pgid or leader_starttime is None:
+            return
+        leader = self.table.get(pgid)
+        if leader is not None and leader.alive and leader.starttime != str(leader_starttime):
+            return  # the id now belongs to another process: the group is not ours any more
+        try:
+            born = int(leader_starttime)
+        except (TypeError, ValueError):
+            return
+        found = False
+        for p in self.table.values():
+            if p.pgid != pgid or not p.alive or not self.probe.same_user(p):
+                continue
+            try:
+                if int(p.starttime) < born:
+                    continue
+            except ValueError:
+                continue
+            found = True
+            self._add(p.pid, "recorded" if p.pid == pgid else "group")
+        if found:
+            self.groups.append(pgid)
+
+    def _marked_ours(self, proc):
+        mark = self.probe.marker(proc)
+        if mark is None or mark[0] != self.state_root or mark[1] != self.name:
+            return False
+        return self.start_id is None or mark[2] == self.start_id
+
+    # --- judging one process -------------------------------------------------------------
+
+    def judge(self, proc):
+        """(reason or None, why not). reason: how the process is provably ours; else why not."""
+        if proc.pid in self.protected:
+            return None, "it is the agent or its session"
+        if proc.pid in self.members:
+            return self.members[proc.pid], ""
+        if not self.probe.same_user(proc):
+            return None, "runs as uid %d, not as this user (uid %d)" % (proc.uid, self.probe.uid)
+        mark = self.probe.marker(proc)
+        if mark is not None:
+            if mark[0] != self.state_root:
+                return None, "carries the marker of another state directory (%s)" % mark[0]
+            if mark[1] != self.name:
+                return None, "carries the marker of service %s" % mark[1]
+            if self.start_id is not None and mark[2] != self.start_id:
+                return None, "was started by another start of %s" % self.name
+            return "marker", ""
+        if self.start_id is not None:
+            return None, "not started by this start"
+        if self.probe.in_checkout(proc, self.roots):
+            return "pattern", ""
+        cwd = self.probe.cwd(proc)
+        return None, "runs from %s, not from this host's checkout %s" % (cwd or "an unknown directory",
+                                                                        self.roots[0])
+
+    def classify(self, pattern):
+        """Processes matching pattern -> (owned [(Proc, reason)], foreign [(Proc, why)])."""
+        owned, foreign = [], []
+        for p in procs.pgrep(self.table, pattern, exclude=self.protected):
+            reason, why = self.judge(p)
+            if reason:
+                owned.append((p, reason))
+            else:
+                foreign.append((p, why))
+        return owned, foreign
+
+    def tree_of_root(self):
+        """The recorded process and its descendants (empty when it is gone)."""
+        if self.root is None:
+            return set()
+        out = {self.root}
+        for d in procs.descendants(self.table, self.root):
+            if d.alive:
+                out.add(d.pid)
+        return out
+
+
+def instances(table, found):
+    """Separate instances among processes: those that do not descend from another one of them
+    (a server that forks workers is one instance, whatever the workers' command lines)."""
+    pids = set(p.pid for p in found)
+    return [p for p in found if not any(a in pids for a in procs.ancestors(table, p.pid))]
+
+
+def foreign_note(table, foreign, pattern_owner):
+    """One line for the processes that match a pattern but are not ours: never touched."""
+    if not foreign:
+        return ""
+    parts = []
+    for p, why in foreign[:3]:
+        parts.append("pid %d (%s) %s" % (p.pid, p.cmdline[:80], why))
+    more = " and %d more" % (len(foreign) - 3) if len(foreign) > 3 else ""
+    return "match%s %s's pattern but %s not its own: %s%s: not touched" % (
+        "es" if len(foreign) == 1 else "",
+        pattern_owner,
+        "is" if len(foreign) == 1 else "are",
+        "; ".join(parts),
+        more,
+    )
