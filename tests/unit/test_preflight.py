@@ -12,7 +12,7 @@ import pytest
 
 from ops import inventory, preflight, report
 from ops.errors import InventoryError, Unreachable, UsageError
-from ops.gitinfo import Commit, DiffStat
+from ops.gitinfo import Commit, DiffStat, GitError
 from ops.inventory import Preflight, PreflightTest
 from ops.preflight import FAIL, PASS, SKIP, CheckResult, PreflightReport, Settings
 
@@ -279,6 +279,7 @@ def test_plan_is_git_then_checkouts_then_health_then_tests(tmp_path: Path) -> No
     inv = load(tmp_path, PF)
     s = Settings(**{**vars(preflight.settings(inv)), "same_head": True})
     assert [(c.name, c.kind, c.host, c.service) for c in preflight.plan(s, inv)] == [
+        ("git: fetch", "git.fetch", None, None),
         ("git: base", "git.base", None, None),
         ("git: commits", "git.commits", None, None),
         ("git: clean", "git.clean", None, None),
@@ -296,7 +297,7 @@ def test_plan_is_git_then_checkouts_then_health_then_tests(tmp_path: Path) -> No
 def test_plan_without_clean_or_remote_checks(tmp_path: Path) -> None:
     inv = load(tmp_path, "[preflight]\nclean = false\n")
     names = [c.name for c in preflight.plan(preflight.settings(inv), inv)]
-    assert names == ["git: base", "git: commits", "git: diff"]
+    assert names == ["git: fetch", "git: base", "git: commits", "git: diff"]
 
 
 # --- verdicts -----------------------------------------------------------------------------------
@@ -422,6 +423,24 @@ class FakeGit:
     def exists(self, rev):
         return rev == "0dd0dd0"
 
+    fetched: list = []
+    fetch_error: str | None = None
+    paths: list = ["app/one.py"]
+
+    def remotes(self):
+        return ["origin"]
+
+    def fetch(self, remote, branch, timeout):
+        if self.fetch_error:
+            raise GitError(self.fetch_error)
+        self.fetched = [*self.fetched, (remote, branch)]
+
+    def ref_time(self, ref):
+        return 1_000_000 if ref == "refs/remotes/origin/main" else None
+
+    def changed_files(self, a, b):
+        return self.paths
+
 
 def fake_connect(unreachable: set[str]):
     @contextmanager
@@ -434,11 +453,13 @@ def fake_connect(unreachable: set[str]):
     return connect
 
 
-def runner(tmp_path: Path, text: str, git: FakeGit, unreachable=frozenset(), **flags):
+def runner(tmp_path: Path, text: str, git: FakeGit, unreachable=frozenset(), with_fetch=False, **flags):
+    """A Runner on fakes and its plan (without the `git: fetch` check unless asked: most tests here
+    are about the checks after it)."""
     inv = load(tmp_path, text)
     s = preflight.settings(inv, **flags)
-    r = preflight.Runner(inv, s, git=git, connect_fn=fake_connect(set(unreachable)))
-    return r, preflight.plan(s, inv)
+    r = preflight.Runner(inv, s, git=git, connect_fn=fake_connect(set(unreachable)), clock=lambda: 1_003_725)
+    return r, [c for c in preflight.plan(s, inv) if with_fetch or c.kind != "git.fetch"]
 
 
 def test_git_checks_pass_with_their_facts(tmp_path: Path) -> None:
@@ -637,12 +658,16 @@ def test_describe_says_what_each_planned_check_verifies(tmp_path: Path) -> None:
     s = Settings(**{**vars(preflight.settings(inv, cwd="/src")), "same_head": True})
     described = [(c.name, preflight.describe(c, s, inv)) for c in preflight.plan(s, inv)]
     assert described == [
+        (
+            "git: fetch",
+            "fetch origin/main from its remote first (a local branch or a commit id: nothing to fetch)",
+        ),
         ("git: base", "origin/main names a commit in /src; report ahead/behind and the merge base"),
         ("git: commits", "exactly 2 commits ahead; contains a1b2c3d, 9988776"),
         ("git: clean", "no uncommitted or untracked files"),
         ("git: diff", "diff stat from the merge base: files <= 15"),
-        ("panda: checkout", "~/her-os is at the local HEAD"),
-        ("pi: checkout", "/srv/app is at the local HEAD"),
+        ("panda: checkout", "~/her-os is at the local HEAD, with a clean tree (untracked files included)"),
+        ("pi: checkout", "/srv/app is at the local HEAD, with a clean tree (untracked files included)"),
         ("panda: health phone", "phone running; no health check declared; last log line"),
         ("panda: health tts", "tts running; no health check declared; last log line"),
         ("pi: health tts", "tts running; no health check declared; last log line"),
@@ -662,7 +687,7 @@ def test_dry_run_plan_renders_without_running(tmp_path: Path) -> None:
     )
     lines = out.getvalue().splitlines()
     assert lines[0] == "pre-flight plan (nothing run)"
-    assert lines[2].startswith("1  git: base  ") and lines[2].endswith(
+    assert lines[2].startswith("1   git: fetch  ") and lines[3].endswith(
         "origin/main names a commit in /src; report ahead/behind and the merge base"
     )
     assert len(lines) == 2 + len(preflight.plan(s, inv))
