@@ -452,7 +452,8 @@ def preflight(rep: Reporter, report) -> None:
         if c.status == "fail" and c.facts.get("advice"):
             rep.line(f"{c.name}: -> {c.facts['advice']}")
         if c.status == "fail" and c.output:
-            rep.line(f"{c.name}: last {len(c.output)} lines of output:", "bold red")
+            kept = f" (a longer tail is kept on {c.host}: {c.facts['saved']})" if c.facts.get("saved") else ""
+            rep.line(f"{c.name}: last {len(c.output)} lines of output{kept}:", "bold red")
             for ln in c.output:
                 rep.line(f"  | {ln}")
     rep.line(_preflight_summary(report), "green" if report.ok else "bold red")
@@ -472,13 +473,35 @@ def _verdict(c, passed_text: str) -> str:
     if c.status == "pass":
         return passed_text
     if c.status == "skip":
-        return "not run"
+        # one word whether it was never started or ran alongside a failure on another host (timing
+        # decides which): the section stays deterministic, and a skipped check is never a pass
+        return "skipped"
     return f"**FAILED**: {c.detail}"
 
 
+def _fetch_line(c, base: str) -> str | None:
+    f = c.facts
+    if c.status == "pass" and not f.get("remote"):
+        return None  # a local base: nothing to say
+    if c.status == "pass" and f.get("fetched"):
+        return f"- Base {_code(base)} fetched from {_code(f['remote'])} before the checks"
+    if c.status == "pass":
+        return f"- Base {_code(base)} not fetched (--no-fetch): compared with the local ref"
+    return f"- Fetch of {_code(base)}: {_verdict(c, '')}"
+
+
 def preflight_markdown_text(report) -> str:
-    """The "## Verification" section for a PR body: commits, diff stat, tests, health, verdict."""
+    """The "## Verification" section for a PR body: commits, diff stat, tests, health, verdict.
+
+    Deterministic (no timings, pids or ages) and never green from a red run: a red run says so in
+    its first line as well as its last, and every failed or skipped check says so in its line."""
     out = ["## Verification", ""]
+    if not report.ok:
+        out += [f"**{_preflight_summary(report).split('. First failure')[0]}: not ready for review.**", ""]
+    for c in report.by_kind("git.fetch"):
+        line = _fetch_line(c, report.base)
+        if line:
+            out.append(line)
     base = report.by_kind("git.base")
     if base:
         b = base[0]
@@ -507,6 +530,10 @@ def preflight_markdown_text(report) -> str:
             else ""
         )
         out.append(f"- Diff stat vs the merge base: {_verdict(c, text)}")
+    for c in report.by_kind("git.files"):
+        n = len(c.facts.get("files", []))
+        globs = ", ".join(_code(g) for g in c.facts.get("expect_files", []))
+        out.append(f"- Paths touched ({n}): {_verdict(c, f'all within {globs}, each at least once')}")
     for c in report.by_kind("git.clean"):
         out.append(f"- Working tree: {_verdict(c, 'clean')}")
     heads = report.by_kind("head")
@@ -514,7 +541,7 @@ def preflight_markdown_text(report) -> str:
         out.append("- Checkouts on the hosts:")
         for c in heads:
             at = _code(c.facts["remote_head"][:7]) if c.facts.get("remote_head") else "?"
-            out.append(f"  - {c.host}: {_verdict(c, f'at {at}, the branch HEAD')}")
+            out.append(f"  - {c.host}: {_verdict(c, f'at {at}, the branch HEAD, clean tree')}")
     tests = report.by_kind("tests")
     if tests:
         out.append("- Tests:")

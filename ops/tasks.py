@@ -299,13 +299,14 @@ PREFLIGHT_HELP = {
     "host": "restrict the remote checks to these hosts (name, comma list, group)",
     "repo": "the local checkout to check (default: [preflight] repo, else the current directory)",
     "dry-run": "list the checks and what each verifies; run nothing",
+    "no-fetch": "do not fetch the base's remote first (the age of the local ref is shown)",
 }
 
 
 @task(auto_shortflags=False, help=PREFLIGHT_HELP)
 @errors_to_exit
 def preflight(c, base=None, commits=None, expect=None, keep_going=False, markdown=False, json=False,
-              host=None, repo=None, dry_run=False):
+              host=None, repo=None, dry_run=False, no_fetch=False):
     """Checks before a PR: commits, clean tree, diff size, remote health and test counts.
 
     Stops at the first failing check (--keep-going runs all); exit 0 only if every check passed.
@@ -317,7 +318,8 @@ def preflight(c, base=None, commits=None, expect=None, keep_going=False, markdow
     if markdown and json:
         raise UsageError("--markdown and --json are exclusive", "pick one")
     inv = _inventory()
-    settings = pf.settings(inv, repo=repo, base=base, commits=commits, expect=expect, host=host)
+    settings = pf.settings(inv, repo=repo, base=base, commits=commits, expect=expect, host=host,
+                           fetch=False if no_fetch else None)
     rep = report.Reporter(report.choose_format(json))
     if dry_run:
         checks = pf.plan(settings, inv)

@@ -614,7 +614,11 @@ def test_markdown_of_a_failed_run_says_so() -> None:
         "  - panda: ``python -m pytest `x` -q`` (in `services/tts`) — **FAILED**: 39/40 passed, 1 failed;"
         in text
     )
-    assert "  - panda: phone — not run\n" in text
+    assert "  - panda: phone — skipped\n" in text
+    # red in its first lines too: a paste of only the top cannot look green
+    assert text.startswith(
+        "## Verification\n\n**Pre-flight FAILED: 1 of 6 checks failed, 1 not run: not ready for review.**\n\n"
+    )
     assert text.endswith(
         "**Pre-flight FAILED: 1 of 6 checks failed, 1 not run. First failure: panda: test tts: "
         "39/40 passed, 1 failed; exit 1; expected 40 passed**\n"
@@ -691,3 +695,201 @@ def test_dry_run_plan_renders_without_running(tmp_path: Path) -> None:
         "origin/main names a commit in /src; report ahead/behind and the merge base"
     )
     assert len(lines) == 2 + len(preflight.plan(s, inv))
+
+
+# --- fetch, diff minimums, expect_files, host checkout, parallel hosts (fakes) ---------------------
+
+
+def test_the_base_is_fetched_from_its_remote_first(tmp_path: Path) -> None:
+    git = FakeGit()
+    r, checks = runner(tmp_path, "", git, with_fetch=True)
+    rep = r.run(checks)
+    assert git.fetched == [("origin", "main")]
+    assert (rep.checks[0].name, rep.checks[0].status) == ("git: fetch", PASS)
+    assert rep.checks[0].detail == "fetched main from origin: origin/main at bbbbbbb (unchanged)"
+
+
+def test_no_fetch_passes_and_shows_the_age_of_the_local_ref(tmp_path: Path) -> None:
+    git = FakeGit()
+    r, checks = runner(tmp_path, "", git, with_fetch=True, fetch=False)
+    c = r.run(checks).checks[0]
+    assert git.fetched == []
+    assert (c.status, c.detail) == (
+        PASS,
+        "not fetched (--no-fetch): origin/main at bbbbbbb, last updated 1h02m ago",
+    )
+
+
+def test_a_failed_fetch_fails_and_points_at_no_fetch(tmp_path: Path) -> None:
+    git = FakeGit()
+    git.fetch_error = "`git fetch` failed (exit 128): fatal: could not read from remote repository"
+    r, checks = runner(tmp_path, "", git, with_fetch=True)
+    rep = r.run(checks)
+    assert rep.checks[0].status == FAIL and rep.exit_code == 1
+    assert rep.checks[0].detail.startswith("cannot fetch main from origin: `git fetch` failed")
+    advice = rep.checks[0].facts["advice"]
+    assert "--no-fetch" in advice and "updated 1h02m ago" in advice
+    assert {c.status for c in rep.checks[1:]} == {SKIP}
+
+
+def test_a_local_base_has_nothing_to_fetch(tmp_path: Path) -> None:
+    git = FakeGit()
+    r, checks = runner(tmp_path, "", git, with_fetch=True, base="parent-branch")
+    c = r.run(checks).checks[0]
+    assert git.fetched == [] and c.status == PASS and "nothing to fetch" in c.detail
+
+
+def test_diff_minimums_fail_an_empty_or_tiny_diff(tmp_path: Path) -> None:
+    s = Settings(repo=".", base="b", min_files=2, min_insertions=10, max_insertions=100)
+    assert preflight.judge_bounds(DiffStat(0, 0, 0), s) == ["0 files < min 2", "0 insertions < min 10"]
+    assert preflight.judge_bounds(DiffStat(2, 10, 0), s) == []
+    r, checks = runner(tmp_path, "[preflight]\nmin_files = 3\n", FakeGit())
+    c = r.run(checks).checks[3]
+    assert (c.name, c.status) == ("git: diff", FAIL)
+    assert c.detail == "2 files changed, 30 insertions(+), 4 deletions(-): 2 files < min 3"
+    r, checks = runner(tmp_path, "[preflight]\nmin_files = 2\n", FakeGit())
+    assert r.run(checks).checks[3].status == PASS
+
+
+def test_a_minimum_above_its_maximum_is_refused(tmp_path: Path) -> None:
+    msg = fails(tmp_path, "[preflight]\nmin_files = 5\nmax_files = 2\n")
+    assert "[preflight.min_files] is 5, more than max_files = 2" in msg
+
+
+def test_expect_files_pass_only_for_these_paths_and_all_of_them(tmp_path: Path) -> None:
+    globs = '["app/**", "README.md", "docs/*.md"]'
+    git = FakeGit()
+    git.paths = ["app/one.py", "app/sub/two.py", "README.md", "docs/usage.md"]
+    r, checks = runner(tmp_path, f"[preflight]\nexpect_files = {globs}\n", git)
+    c = r.run(checks).checks[4]
+    assert (c.name, c.status) == ("git: files", PASS)
+    assert c.detail == "4 paths touched, all within app/**, README.md, docs/*.md"
+    git.paths = ["app/one.py", "README.md", "docs/sub/deep.md", "setup.py"]
+    r, checks = runner(tmp_path, f"[preflight]\nexpect_files = {globs}\n", git)
+    c = r.run(checks).checks[4]
+    assert c.status == FAIL
+    assert c.detail == "2 unexpected paths: docs/sub/deep.md, setup.py; nothing touched matches docs/*.md"
+    assert c.facts["stray"] == ["docs/sub/deep.md", "setup.py"] and c.facts["unused"] == ["docs/*.md"]
+
+
+def test_expect_files_must_be_relative_globs(tmp_path: Path) -> None:
+    assert "is not a path glob relative to the repository" in fails(
+        tmp_path, '[preflight]\nexpect_files = ["/etc/passwd"]\n'
+    )
+
+
+class FakeSession:
+    """A host's agent for the runner: exec answers from a function of (host, args)."""
+
+    def __init__(self, host: str, answer) -> None:
+        self.host, self.answer = host, answer
+
+    def call(self, op, args=None, on_event=None, timeout=None):
+        assert op == "exec"
+        return self.answer(self.host, args)
+
+
+def connect_to(answer):
+    @contextmanager
+    def connect(inv, host):
+        yield FakeSession(host.name, answer)
+
+    return connect
+
+
+def exec_result(code: int = 0, stdout: str = "", stderr: str = "", **more) -> dict:
+    return {"exit_code": code, "stdout": stdout, "stderr": stderr, "timed_out": False, "duration": 0.1,
+            **more}
+
+
+def test_the_host_checkout_must_be_at_head_and_clean(tmp_path: Path) -> None:
+    text = '[preflight]\nsame_head = true\n[[preflight.tests]]\nhost = "pi"\ncmd = "pytest -q"\n'
+    inv = load(tmp_path, text)
+    s = preflight.settings(inv)
+    dirty = HEAD + "\n" + " M tests/test_x.py\0?? notes.txt\0?? app/__pycache__/\0"
+    seen = []
+    host_state = {"out": ""}
+
+    def answer(host, args):
+        seen.append(args)
+        if args["cmd"] != "pytest -q":
+            return exec_result(0, host_state["out"])
+        return exec_result(0, "3 passed in 0.1s\n")
+
+    for out, ok, detail in (
+        (
+            dirty,
+            False,
+            "the checkout /srv/app has 2 uncommitted changes: M tests/test_x.py, ?? notes.txt: the remote "
+            "checks would run uncommitted code: commit or discard the changes on the host "
+            "(`git -C /srv/app status`), then deploy the branch",
+        ),
+        (
+            HEAD + "\n" + "?? app/__pycache__/\0",
+            True,
+            "/srv/app is at ccccccc, the local HEAD; tree clean (1 untracked bytecode caches ignored)",
+        ),
+        (
+            BASE + "\n",
+            False,
+            "the checkout /srv/app is at bbbbbbb, this branch is at ccccccc: deploy the branch first",
+        ),
+    ):
+        host_state["out"] = out
+        r = preflight.Runner(inv, s, git=FakeGit(), connect_fn=connect_to(answer))
+        checks = [c for c in preflight.plan(s, inv) if c.kind != "git.fetch"]
+        c = r.run(checks).checks[4]
+        assert (c.name, c.status, c.detail) == ("pi: checkout", PASS if ok else FAIL, detail)
+    head_call = seen[0]
+    assert head_call["cwd"] == "/srv/app"
+    assert "status --porcelain=v1 -z --untracked-files=normal" in head_call["cmd"]
+    assert head_call["env"]["GIT_OPTIONAL_LOCKS"] == "0"
+    # the agent is given the host's services, whose secrets it redacts from the output
+    assert [x["name"] for x in head_call["all_services"]] == ["tts"] and head_call["base"] == "/srv/app"
+
+
+def test_remote_checks_run_on_all_hosts_at_once_and_the_first_declared_failure_is_reported(
+    tmp_path: Path,
+) -> None:
+    """panda's test is declared first but fails LAST: it waits for pi's test, which fails at once.
+    Run one host after the other, panda's test would wait in vain (the twin below)."""
+    import threading
+
+    text = (
+        '[preflight]\n[[preflight.tests]]\nhost = "panda"\ncmd = "slow"\n'
+        '[[preflight.tests]]\nhost = "pi"\ncmd = "fast"\n[[preflight.tests]]\nhost = "pi"\ncmd = "after"\n'
+    )
+    inv = load(tmp_path, text)
+    s = preflight.settings(inv)
+
+    def make_answer():
+        pi_ran = threading.Event()
+
+        def answer(host, args):
+            if args["cmd"] == "fast":
+                pi_ran.set()
+                return exec_result(1, "1 failed in 0.1s\n")
+            if args["cmd"] == "slow":
+                met = pi_ran.wait(timeout=5)
+                return exec_result(1, "2 failed in 0.1s\n" if met else "", "" if met else "never met pi")
+            return exec_result(0, "1 passed in 0.1s\n")
+
+        return answer
+
+    checks = [c for c in preflight.plan(s, inv) if c.kind != "git.fetch"]
+    rep = preflight.Runner(inv, s, git=FakeGit(), connect_fn=connect_to(make_answer())).run(checks)
+    assert [(c.name, c.status) for c in rep.checks][4:] == [
+        ("panda: test slow", FAIL),
+        ("pi: test fast", SKIP),
+        ("pi: test after", SKIP),
+    ]
+    assert rep.checks[4].detail == "0/2 passed, 2 failed; exit 1"  # met pi: they ran at the same time
+    assert rep.checks[5].detail == (
+        "not counted: stopped at 'panda: test slow' (--keep-going runs every check); "
+        "it ran alongside: fail: 0/1 passed, 1 failed; exit 1"
+    )
+    assert rep.checks[6].detail == "not run: stopped at 'panda: test slow' (--keep-going runs every check)"
+    assert report.preflight_markdown_text(rep).count("skipped") == 2
+    # one host after the other: panda's test never meets pi's
+    seq = preflight.Runner(inv, s, git=FakeGit(), connect_fn=connect_to(make_answer()), workers=1)
+    assert seq.run(checks).checks[4].detail.startswith("exit 1, no pytest summary line in the output")
