@@ -569,6 +569,37 @@ def preflight_markdown(rep: Reporter, report) -> None:
     rep.out.flush()
 
 
+# --- pr ----------------------------------------------------------------------------------------
+
+
+def pr(rep: Reporter, outcome) -> None:
+    """`inv pr`: the pre-flight table, then the PR's URL (alone on the last line) or why it was not
+    opened and where its body is to paste."""
+    if rep.fmt == "json":
+        rep.json(outcome.to_json())
+        return
+    preflight(rep, outcome.report)
+    if outcome.opened:
+        rep.line("pull request opened" + (" (draft)" if "--draft" in outcome.argv else "") + ":", "green")
+        rep.line(outcome.url or "")
+        return
+    rep.line(f"no pull request opened: {outcome.problem}", "bold red")
+    if outcome.advice:
+        rep.line(f"-> {outcome.advice}")
+
+
+def pr_plan(rep: Reporter, plan: list[tuple], argv: list[str]) -> None:
+    """`inv pr --dry-run`: the pre-flight plan, then the gh command that would follow a green run."""
+    import shlex
+
+    if rep.fmt == "json":
+        checks = [{"name": c.name, "kind": c.kind, "host": c.host, "what": what} for c, what in plan]
+        rep.json({"plan": checks, "then": argv})
+        return
+    preflight_plan(rep, plan)
+    rep.line("then, only if every check passed: " + shlex.join(argv))
+
+
 # --- verify ------------------------------------------------------------------------------------
 
 
