@@ -684,6 +684,11 @@ class Runner:
         except GitError as exc:
             when = self.git.ref_time(ref)
             age = f" (updated {age_text(self._clock() - when)} ago)" if when is not None else ""
+            if "couldn't find remote ref" in exc.message:
+                raise GitError(
+                    f"{remote} has no branch {branch} (the base {self.s.base})",
+                    "check the name (--base, or [preflight] base); was the branch deleted or renamed?",
+                ) from None
             raise GitError(
                 f"cannot fetch {branch} from {remote}: {exc.message}",
                 "check the remote is reachable, or pass --no-fetch to compare with the local "

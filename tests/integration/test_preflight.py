@@ -270,6 +270,7 @@ def check(rep: PreflightReport, name: str):
 
 
 ALL_NAMES = [
+    "git: fetch",
     "git: base",
     "git: commits",
     "git: clean",
@@ -317,6 +318,7 @@ def test_every_check_passes_with_its_facts(scene: Scene, sshd: SshServer, box: B
 EXPECTED_MARKDOWN = """\
 ## Verification
 
+- Base `origin/main` fetched from `origin` before the checks
 - Branch `feature` at `{head}`: 3 commits ahead of `origin/main`, 0 behind (merge base `{initial}`)
 - Commits (3):
   - `{c1}` app: add one.py
@@ -325,14 +327,14 @@ EXPECTED_MARKDOWN = """\
 - Diff stat vs the merge base: 3 files changed, 18 insertions(+), 0 deletions(-)
 - Working tree: clean
 - Checkouts on the hosts:
-  - box: at `{head}`, the branch HEAD
+  - box: at `{head}`, the branch HEAD, clean tree
 - Tests:
   - box: `{pytest}` (in `proj`) — 18/18 passed
 - Health:
   - box: web — healthy: http://127.0.0.1:{port}/health answered 200; last log line: \
 `127.0.0.1 "GET /health HTTP/1.1" 200 -`
 
-All 7 pre-flight checks passed.
+All 8 pre-flight checks passed.
 """
 
 
@@ -367,7 +369,7 @@ def test_a_missing_expected_commit_fails_and_stops(scene: Scene, sshd: SshServer
         "(exists, but is not between origin/main and HEAD); "
         f"unexpected commit: {scene.origin.feature[2]} 'app: add two.py'"
     )
-    assert [s for _, s in statuses(rep)] == [PASS, FAIL, SKIP, SKIP, SKIP, SKIP, SKIP]
+    assert [s for _, s in statuses(rep)] == [PASS, PASS, FAIL, SKIP, SKIP, SKIP, SKIP, SKIP]
     assert rep.exit_code == 1
 
 
@@ -391,7 +393,7 @@ def test_a_dirty_tree_fails(scene: Scene, sshd: SshServer, box: Box) -> None:
     c = check(rep, "git: clean")
     assert (c.status, c.detail) == (FAIL, "2 uncommitted changes: M README.md, ?? notes.txt")
     assert c.facts["dirty"] == ["M README.md", "?? notes.txt"]
-    assert [s for _, s in statuses(rep)][3:] == [SKIP, SKIP, SKIP, SKIP]
+    assert [s for _, s in statuses(rep)][4:] == [SKIP, SKIP, SKIP, SKIP]
 
 
 def test_clean_false_does_not_check_the_tree(scene: Scene, sshd: SshServer, box: Box) -> None:
@@ -412,8 +414,8 @@ def test_a_diff_over_the_bound_fails(scene: Scene, sshd: SshServer, box: Box) ->
 
 
 def test_a_remote_run_with_17_of_18_passing_fails(scene: Scene, sshd: SshServer, box: Box) -> None:
-    (scene.box_path / "proj" / "FAIL_ONE").write_text("")
-    rep = run_preflight(scene, sshd, box, preflight_toml(scene.origin))
+    (scene.box_path / "proj" / "FAIL_ONE").write_text("")  # an untracked file: same_head would catch it
+    rep = run_preflight(scene, sshd, box, preflight_toml(scene.origin, same_head="false"))
     c = check(rep, f"box: test {PYTEST}")
     assert c.status == FAIL
     assert c.detail == "17/18 passed, 1 failed; exit 1; expected 18 passed"
@@ -475,7 +477,7 @@ def test_a_checkout_on_another_commit_fails_same_head(scene: Scene, sshd: SshSer
 def test_an_unreachable_host_fails_alone_and_exits_3(scene: Scene, sshd: SshServer, box: Box) -> None:
     toml = preflight_toml(scene.origin, health='["dead", "box"]', same_head="false")
     rep = run_preflight(scene, sshd, box, toml, keep_going=True)
-    assert statuses(rep)[4:] == [
+    assert statuses(rep)[5:] == [
         ("dead: health web", FAIL),
         ("box: health web", PASS),
         (f"box: test {PYTEST}", PASS),
@@ -490,20 +492,21 @@ def test_an_unreachable_host_fails_alone_and_exits_3(scene: Scene, sshd: SshServ
 def test_inv_preflight_fails_with_exit_1_and_keep_going_json(scene: Scene, sshd: SshServer, box: Box) -> None:
     (scene.box_path / "proj" / "FAIL_ONE").write_text("")
     (scene.laptop / "notes.txt").write_text("todo\n")
-    write_inventory(scene.inventory, sshd, box, scene.box_path, preflight_toml(scene.origin))
+    toml = preflight_toml(scene.origin, same_head="false")
+    write_inventory(scene.inventory, sshd, box, scene.box_path, toml)
     p = run_inv(scene)
     assert p.returncode == 1, p.stdout + p.stderr
     lines = p.stdout.splitlines()
     assert lines[0] == f"pre-flight of {scene.laptop} over origin/main"
     assert any(ln.startswith("git: clean") and "FAIL" in ln for ln in lines)
     assert lines[-1].startswith(
-        "Pre-flight FAILED: 1 of 7 checks failed, 4 not run. First failure: git: clean"
+        "Pre-flight FAILED: 1 of 7 checks failed, 3 not run. First failure: git: clean"
     )
 
     p = run_inv(scene, "--keep-going", "--json")
     assert p.returncode == 1, p.stderr
     data = json.loads(p.stdout)
-    assert [c["status"] for c in data["checks"]] == ["pass", "pass", "fail", "pass", "pass", "pass", "fail"]
+    assert [c["status"] for c in data["checks"]] == ["pass", "pass", "pass", "fail", "pass", "pass", "fail"]
     assert data["checks"][-1]["detail"] == "17/18 passed, 1 failed; exit 1; expected 18 passed"
     assert data["summary"] == {"pass": 5, "fail": 2, "skip": 0}
 
@@ -521,6 +524,8 @@ def test_inv_preflight_flags_override_and_restrict(scene: Scene, sshd: SshServer
     p = run_inv(scene, "--commits", "many")
     assert p.returncode == 2 and "--commits must be a number" in p.stderr
     p = run_inv(scene, "--base", "origin/nope", "--host", "box")
+    assert p.returncode == 1 and "origin has no branch nope (the base origin/nope)" in p.stdout
+    p = run_inv(scene, "--base", "origin/nope", "--host", "box", "--no-fetch")
     assert p.returncode == 1 and "base 'origin/nope' names no commit" in p.stdout
 
 
@@ -550,10 +555,10 @@ def test_inv_preflight_dry_run_lists_the_checks_and_touches_no_host(
     assert p.returncode == 0, p.stdout + p.stderr
     plan = json.loads(p.stdout)["plan"]
     assert [c["name"] for c in plan] == [
-        *ALL_NAMES[:4],
+        *ALL_NAMES[:5],
         "dead: checkout",
-        *ALL_NAMES[4:5],
+        *ALL_NAMES[5:6],
         "dead: health web",
-        *ALL_NAMES[5:],
+        *ALL_NAMES[6:],
     ]
     assert plan[-1]["what"] == f"in proj: `{PYTEST}`: exit 0 and exactly 18 passed (timeout 60s)"
