@@ -441,6 +441,24 @@ class Git:
         code, out = self.run(ref_time_args(ref), ok_codes=None)
         return parse_ref_time(out) if code == 0 else None
 
+    def last_sync(self, remote: str, branch: str) -> int | None:
+        """When this repository last heard from ``remote`` about the base, as a unix time: the latest
+        of the tracking ref's reflog (an update), FETCH_HEAD's mtime (the last fetch, even one that
+        changed nothing) and the remote's HEAD reflog (the clone). None if none exists."""
+        times = [
+            self.ref_time(f"refs/remotes/{remote}/{branch}"),
+            self.ref_time(f"refs/remotes/{remote}/HEAD"),
+        ]
+        code, out = self.run(["rev-parse", "--git-path", "FETCH_HEAD"], ok_codes=None)
+        if code == 0 and out.strip():
+            path = os.path.join(self.repo, out.strip())
+            try:
+                times.append(int(os.path.getmtime(path)))
+            except OSError:
+                pass
+        known = [t for t in times if t is not None]
+        return max(known) if known else None
+
     def changed_files(self, merge_base: str, head: str = "HEAD") -> list[str]:
         return parse_names(self.out(changed_files_args(merge_base, head)))
 

@@ -670,20 +670,20 @@ class Runner:
         before = self.git.resolve(ref)
         facts: dict[str, Any] = {"remote": remote, "branch": branch, "before": before}
         if not self.s.fetch:
-            when = self.git.ref_time(ref)
+            when = self.git.last_sync(remote, branch)
             facts.update(fetched=False, updated_at=when)
             age = (
-                f"last updated {age_text(self._clock() - when)} ago"
+                f"last fetched {age_text(self._clock() - when)} ago"
                 if when is not None
-                else "when it was last updated is unknown (no reflog)"
+                else "never fetched (no reflog, no FETCH_HEAD)"
             )
             at = f" at {_short(before)}" if before else " (missing)"
             return Outcome(True, f"not fetched (--no-fetch): {self.s.base}{at}, {age}", facts)
         try:
             self.git.fetch(remote, branch, FETCH_TIMEOUT)
         except GitError as exc:
-            when = self.git.ref_time(ref)
-            age = f" (updated {age_text(self._clock() - when)} ago)" if when is not None else ""
+            when = self.git.last_sync(remote, branch)
+            age = f" (last fetched {age_text(self._clock() - when)} ago)" if when is not None else ""
             if "couldn't find remote ref" in exc.message:
                 raise GitError(
                     f"{remote} has no branch {branch} (the base {self.s.base})",

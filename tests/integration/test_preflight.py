@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -23,7 +24,7 @@ import pytest
 from ops import control, inventory, preflight
 from ops.preflight import FAIL, PASS, SKIP, PreflightReport
 from ops.session import connect
-from tests.harness import SshServer, cmdline, free_port, kill_quietly
+from tests.harness import SshServer, cmdline, free_port, kill_quietly, pid_alive, wait_until
 
 pytestmark = pytest.mark.ssh
 
@@ -64,6 +65,9 @@ FEATURE = [  # (path, content, subject): the branch's 3 commits
     ("README.md", "# demo\n\nUsage: run it.\nMore: read it.\n", "docs: usage in the README"),
     ("app/two.py", "".join(f"TWO_{i} = {i}\n" for i in range(5)), "app: add two.py"),
 ]
+
+
+SECRET = "tok-9f8e7d6c5b4a"  # web's env_file value: must never come back from a host verbatim
 
 
 def git(cwd: Path, *args: str) -> str:
@@ -164,6 +168,7 @@ overrides.web.port = {idle_port}
 
 [services.web]
 cmd = "{python} {http_status} --port ${{port}} --status 200"
+env_file = "{dir}/web.env"
 ready = {{ log = "listening" }}
 health = {{ url = "http://127.0.0.1:${{port}}/health" }}
 
@@ -203,6 +208,7 @@ def box(sshd: SshServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[B
     over ssh through the lifecycle; `idle` declares web on another port and never starts it."""
     d = tmp_path_factory.mktemp("box")
     b = Box(d, free_port(), free_port(), free_port())
+    (d / "web.env").write_text(f"WEB_TOKEN={SECRET}\n")
     inv = inventory.load(write_inventory(d / "hosts.toml", sshd, b, d))
     started = []
     try:
@@ -562,3 +568,214 @@ def test_inv_preflight_dry_run_lists_the_checks_and_touches_no_host(
         *ALL_NAMES[6:],
     ]
     assert plan[-1]["what"] == f"in proj: `{PYTEST}`: exit 0 and exactly 18 passed (timeout 60s)"
+
+
+# --- issue 16: checks that cannot be fooled --------------------------------------------------------
+
+
+def test_an_edited_file_on_the_host_fails_same_head_naming_the_files(
+    scene: Scene, sshd: SshServer, box: Box
+) -> None:
+    """The host is at the right commit, but its tree is not what was committed: the remote tests
+    would run uncommitted code. Fails naming the files; the healthy twin (same commit, clean) passes."""
+    test_file = scene.box_path / "proj" / "tests" / "test_many.py"
+    test_file.write_text(test_file.read_text() + "\n# edited on the box\n")
+    (scene.box_path / "scratch.txt").write_text("left on the box\n")
+    rep = run_preflight(scene, sshd, box, preflight_toml(scene.origin))
+    c = check(rep, "box: checkout")
+    assert c.status == FAIL
+    assert c.detail.startswith(
+        f"the checkout {scene.box_path} has 2 uncommitted changes: M proj/tests/test_many.py, "
+        "?? scratch.txt: the remote checks would run uncommitted code"
+    )
+    assert c.facts["remote_head"] == c.facts["local_head"]  # the commit alone would have passed
+    assert check(rep, f"box: test {PYTEST}").status == SKIP
+    git(scene.box_path, "checkout", "--", "proj/tests/test_many.py")
+    (scene.box_path / "scratch.txt").unlink()
+    rep = run_preflight(scene, sshd, box, preflight_toml(scene.origin))
+    assert check(rep, "box: checkout").status == PASS and rep.ok, [x.detail for x in rep.checks]
+
+
+def test_a_secret_printed_by_a_failing_remote_test_is_redacted_in_table_and_json(
+    scene: Scene, sshd: SshServer, box: Box
+) -> None:
+    env = box.dir / "web.env"
+    cmd = f"cat {env}; echo visible-marker; exit 1"
+    test = f'host = "box"\nname = "leaky"\ncmd = "{cmd}"\nrunner = "regex"\n'
+    write_inventory(scene.inventory, sshd, box, scene.box_path, preflight_toml(scene.origin, test=test))
+    table = run_inv(scene)
+    as_json = run_inv(scene, "--json")
+    assert table.returncode == 1 and as_json.returncode == 1, table.stdout + table.stderr
+    for p in (table, as_json):
+        assert SECRET not in p.stdout + p.stderr
+        assert "WEB_TOKEN=***" in p.stdout
+        assert "visible-marker" in p.stdout  # the twin: what is not a secret is shown as printed
+    data = json.loads(as_json.stdout)
+    leaky = next(c for c in data["checks"] if c["name"] == "box: test leaky")
+    assert leaky["output"] == ["WEB_TOKEN=***", "visible-marker"]
+    saved = Path(leaky["facts"]["saved"])  # the kept tail, on the host (this machine, over ssh)
+    assert saved.parent == box.dir / "state-box" / "preflight"
+    assert saved.read_text() == "WEB_TOKEN=***\nvisible-marker\n"
+    assert "a longer tail is kept on box: " + str(saved) in table.stdout
+
+
+def _origin_copy(origin: Origin, tmp_path: Path) -> Path:
+    bare = tmp_path / "origin-copy.git"
+    git(tmp_path, "clone", "-q", "--bare", str(origin.bare), str(bare))
+    return bare
+
+
+def test_a_stale_base_is_fetched_first_and_no_fetch_shows_its_age(
+    scene: Scene, sshd: SshServer, box: Box, tmp_path: Path
+) -> None:
+    """Someone merged into main after the laptop's last fetch: the branch is 1 behind. --no-fetch
+    compares with the stale local ref (and says how old it is); the default fetches and sees it."""
+    bare = _origin_copy(scene.origin, tmp_path)
+    laptop = tmp_path / "laptop2"
+    git(tmp_path, "clone", "-q", "-b", "feature", str(bare), str(laptop))
+    other = tmp_path / "other"
+    git(tmp_path, "clone", "-q", "-b", "main", str(bare), str(other))
+    old_main = git(other, "rev-parse", "--short=7", "HEAD")
+    new_main = commit_file(other, "CHANGES.md", "merged meanwhile\n", "main: merged meanwhile")
+    git(other, "push", "-q", "origin", "main")
+    stale = Scene(laptop, scene.box_path, scene.inventory, scene.origin)
+    toml = preflight_toml(scene.origin, test=None, health=None, same_head="false")
+
+    rep = run_preflight(stale, sshd, box, toml, fetch=False)
+    c = check(rep, "git: fetch")
+    assert c.status == PASS and c.facts["fetched"] is False
+    # the clone's reflog entry carries the fixed GIT_COMMITTER_DATE of these tests (2024-05-06)
+    assert c.facts["updated_at"] == 1714979289
+    assert re.fullmatch(
+        rf"not fetched \(--no-fetch\): origin/main at {old_main}, last fetched \d+d\d\dh ago", c.detail
+    ), c.detail
+    assert check(rep, "git: base").facts["behind"] == 0  # stale: the merge is not seen
+
+    rep = run_preflight(stale, sshd, box, toml)
+    assert check(rep, "git: fetch").detail == (
+        f"fetched main from origin: origin/main at {new_main} (was {old_main})"
+    )
+    assert check(rep, "git: base").facts["behind"] == 1
+
+
+def test_an_unreachable_base_remote_fails_the_fetch_and_no_fetch_gets_past_it(
+    scene: Scene, sshd: SshServer, box: Box
+) -> None:
+    git(scene.laptop, "remote", "set-url", "origin", str(scene.laptop.parent / "gone.git"))
+    toml = preflight_toml(scene.origin, test=None, health=None, same_head="false")
+    rep = run_preflight(scene, sshd, box, toml)
+    c = check(rep, "git: fetch")
+    assert c.status == FAIL and c.detail.startswith("cannot fetch main from origin: ")
+    assert "--no-fetch" in c.facts["advice"] and rep.exit_code == 1
+    rep = run_preflight(scene, sshd, box, toml, fetch=False)
+    assert rep.ok, [x.detail for x in rep.checks]
+
+
+def test_diff_minimums_and_expect_files_on_the_real_branch(scene: Scene, sshd: SshServer, box: Box) -> None:
+    base = {"test": None, "health": None, "same_head": "false", "max_files": None}
+    rep = run_preflight(scene, sshd, box, preflight_toml(scene.origin, **base, min_files="4"))
+    assert check(rep, "git: diff").detail == (
+        "3 files changed, 18 insertions(+), 0 deletions(-): 3 files < min 4"
+    )
+    toml = preflight_toml(scene.origin, **base, min_files="3", min_insertions="18")
+    rep = run_preflight(scene, sshd, box, toml)
+    assert check(rep, "git: diff").status == PASS
+
+    rep = run_preflight(scene, sshd, box, preflight_toml(scene.origin, **base, expect_files='["app/*.py"]'))
+    c = check(rep, "git: files")
+    assert (c.status, c.detail) == (FAIL, "1 unexpected path: README.md")
+    globs = '["app/*.py", "README.md", "docs/**"]'
+    rep = run_preflight(scene, sshd, box, preflight_toml(scene.origin, **base, expect_files=globs))
+    assert check(rep, "git: files").detail == "nothing touched matches docs/**"
+    globs = '["app/*.py", "README.md"]'
+    rep = run_preflight(scene, sshd, box, preflight_toml(scene.origin, **base, expect_files=globs))
+    c = check(rep, "git: files")
+    assert (c.status, c.detail) == (PASS, "3 paths touched, all within app/*.py, README.md")
+    assert c.facts["files"] == ["README.md", "app/one.py", "app/two.py"]
+
+
+def _rendezvous(me: str, other: str, d: Path, code: int) -> str:
+    """A test command that says it started, then waits (bounded by its own timeout) for the other."""
+    return f"touch {d}/{me}.started; while [ ! -e {d}/{other}.started ]; do sleep 0.05; done; exit {code}"
+
+
+def test_remote_checks_run_on_all_hosts_at_once(
+    scene: Scene, sshd: SshServer, box: Box, tmp_path: Path
+) -> None:
+    """Each host's test waits for the other's to have started: they pass only if both run at once.
+    One host after the other (workers=1, the old behaviour) the first waits in vain and times out."""
+    tests = "".join(
+        f'\n[[preflight.tests]]\nhost = "{h}"\nname = "meet"\ncmd = "{_rendezvous(h, o, tmp_path, 0)}"\n'
+        f'runner = "regex"\ntimeout = {t}\n'
+        for h, o, t in (("box", "idle", 60), ("idle", "box", 60))
+    )
+    toml = preflight_toml(scene.origin, test=None, health=None, same_head="false") + tests
+    rep = run_preflight(scene, sshd, box, toml)
+    assert statuses(rep)[-2:] == [("box: test meet", PASS), ("idle: test meet", PASS)], [
+        c.detail for c in rep.checks
+    ]
+
+    for f in tmp_path.glob("*.started"):
+        f.unlink()
+    toml = toml.replace("timeout = 60", "timeout = 3")
+    inv = inventory.load(write_inventory(scene.inventory, sshd, box, scene.box_path, toml))
+    s = preflight.settings(inv, repo=str(scene.laptop))
+    rep = preflight.Runner(inv, s, workers=1).run(preflight.plan(s, inv))
+    assert check(rep, "box: test meet").detail == "timed out after 3s (killed)"
+
+
+def test_the_first_failure_in_declaration_order_is_reported_though_another_host_failed_sooner(
+    scene: Scene, sshd: SshServer, box: Box, tmp_path: Path
+) -> None:
+    """box's test (declared first) fails only after idle's has started and failed at once."""
+    slow = _rendezvous("box", "idle", tmp_path, 1)
+    fast = f"touch {tmp_path}/idle.started; exit 2"
+    tests = (
+        f'\n[[preflight.tests]]\nhost = "box"\nname = "slow"\ncmd = "{slow}"\nrunner = "regex"\n'
+        "timeout = 60\n"
+        f'\n[[preflight.tests]]\nhost = "idle"\nname = "fast"\ncmd = "{fast}"\nrunner = "regex"\n'
+    )
+    toml = preflight_toml(scene.origin, test=None, health=None, same_head="false") + tests
+    rep = run_preflight(scene, sshd, box, toml)
+    assert statuses(rep)[-2:] == [("box: test slow", FAIL), ("idle: test fast", SKIP)]
+    assert check(rep, "box: test slow").detail == "exit 1"
+    assert check(rep, "idle: test fast").detail.startswith("not counted: stopped at 'box: test slow'")
+    assert rep.exit_code == 1
+
+
+def test_a_background_child_holding_stdout_does_not_turn_a_pass_into_a_timeout(
+    scene: Scene, sshd: SshServer, box: Box, tmp_path: Path
+) -> None:
+    pidfile = tmp_path / "holder.pid"
+    cmd = f"sleep 300 & echo $! > {pidfile}; {PYTEST}"
+    test = f'host = "box"\ncwd = "proj"\nname = "bg"\ncmd = "{cmd}"\nexpect_passed = 18\ntimeout = 60\n'
+    rep = run_preflight(scene, sshd, box, preflight_toml(scene.origin, test=test, health=None))
+    c = check(rep, "box: test bg")
+    assert c.status == PASS, c.detail
+    assert c.detail == (
+        "18/18 passed; a background process of the run still held its output after it exited: "
+        "its group was killed"
+    )
+    assert c.facts["lingering"] is True and c.duration < 50
+    holder = int(pidfile.read_text())
+    wait_until(lambda: not pid_alive(holder), timeout=10, message="the leftover sleep is gone")
+    # the twin: the command ITSELF still running at its timeout is a timeout
+    test = f'host = "box"\ncwd = "proj"\nname = "hang"\ncmd = "{PYTEST}; sleep 300"\ntimeout = 3\n'
+    rep = run_preflight(scene, sshd, box, preflight_toml(scene.origin, test=test, health=None))
+    assert check(rep, "box: test hang").detail == "timed out after 3s (killed)"
+
+
+def test_markdown_is_deterministic_and_a_red_run_is_red_from_its_first_line(
+    scene: Scene, sshd: SshServer, box: Box
+) -> None:
+    write_inventory(scene.inventory, sshd, box, scene.box_path, preflight_toml(scene.origin))
+    first, second = run_inv(scene, "--markdown"), run_inv(scene, "--markdown")
+    assert first.returncode == second.returncode == 0, first.stdout + first.stderr
+    assert first.stdout == second.stdout
+    (scene.laptop / "notes.txt").write_text("todo\n")
+    red = run_inv(scene, "--markdown", "--keep-going")
+    assert red.returncode == 1
+    lines = red.stdout.splitlines()
+    assert lines[2] == "**Pre-flight FAILED: 1 of 8 checks failed: not ready for review.**"
+    assert "- Working tree: **FAILED**: 1 uncommitted change: ?? notes.txt" in lines
+    assert lines[-1].startswith("**Pre-flight FAILED") and "passed." not in red.stdout

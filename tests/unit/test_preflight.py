@@ -435,8 +435,8 @@ class FakeGit:
             raise GitError(self.fetch_error)
         self.fetched = [*self.fetched, (remote, branch)]
 
-    def ref_time(self, ref):
-        return 1_000_000 if ref == "refs/remotes/origin/main" else None
+    def last_sync(self, remote, branch):
+        return 1_000_000 if (remote, branch) == ("origin", "main") else None
 
     def changed_files(self, a, b):
         return self.paths
@@ -716,7 +716,7 @@ def test_no_fetch_passes_and_shows_the_age_of_the_local_ref(tmp_path: Path) -> N
     assert git.fetched == []
     assert (c.status, c.detail) == (
         PASS,
-        "not fetched (--no-fetch): origin/main at bbbbbbb, last updated 1h02m ago",
+        "not fetched (--no-fetch): origin/main at bbbbbbb, last fetched 1h02m ago",
     )
 
 
@@ -728,7 +728,7 @@ def test_a_failed_fetch_fails_and_points_at_no_fetch(tmp_path: Path) -> None:
     assert rep.checks[0].status == FAIL and rep.exit_code == 1
     assert rep.checks[0].detail.startswith("cannot fetch main from origin: `git fetch` failed")
     advice = rep.checks[0].facts["advice"]
-    assert "--no-fetch" in advice and "updated 1h02m ago" in advice
+    assert "--no-fetch" in advice and "last fetched 1h02m ago" in advice
     assert {c.status for c in rep.checks[1:]} == {SKIP}
 
 
