@@ -92,13 +92,17 @@ def rollback_line(host: str, probe: Mapping[str, Any] | None, error: str | None,
         )
     record = probe.get("record") or {}
     current, previous = record.get("current"), record.get("previous")
-    if current != head:
-        at = (probe.get("checkout") or {}).get("head")
-        what = f"`{current[:7]}`" if current else "no deploy"
+    at = (probe.get("checkout") or {}).get("head")
+    at_text = f"`{at[:7]}`" if at else "?"
+    if not current:
         return (
-            f"- {host}: the last deploy recorded there is {what}, not this branch (`{head[:7]}`; "
-            "the checkout "
-            f"is at `{at[:7] if at else '?'}`): `inv rollback` would not undo this branch there"
+            f"- {host}: no deploy is recorded there (its checkout is at {at_text}, not put there by "
+            "`inv deploy`): `inv rollback` has nothing to go back to"
+        )
+    if current != head:
+        return (
+            f"- {host}: the last deploy recorded there is `{current[:7]}`, not this branch (`{head[:7]}`; "
+            f"the checkout is at {at_text}): `inv rollback` would not undo this branch there"
         )
     if not previous:
         return (
@@ -134,7 +138,8 @@ def render_body(template: str | None, values: Mapping[str, str], template_name: 
             f"{where} does not place {{{{verification}}}}",
             "add {{verification}} where the pre-flight's evidence goes: a PR body always carries it",
         )
-    return _PLACEHOLDER.sub(lambda m: values[m.group(1)].rstrip("\n"), template)
+    body = _PLACEHOLDER.sub(lambda m: values[m.group(1)].rstrip("\n"), template)
+    return body if body.endswith("\n") else body + "\n"
 
 
 # --- the run -------------------------------------------------------------------------------------
