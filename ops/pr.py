@@ -1,6 +1,7 @@
 """`inv pr`: run the pre-flight, and only if every check passed, open the pull request with `gh`.
 
-The body is built from what the tool already holds (pure functions, compared exactly in tests):
+The body is built from what the tool already holds (gathered here, rendered by ops.report, both
+compared exactly in tests):
 
 - **Summary**: the commits ahead of the base, oldest first (from the pre-flight's `git: commits`);
 - **Verification**: the pre-flight's markdown section (ops.report.preflight_markdown_text);
@@ -44,10 +45,10 @@ GH_AUTH_TIMEOUT = 30.0
 LS_REMOTE_TIMEOUT = 60.0
 BODY_NAME = "ops-pr-body.md"
 PLACEHOLDERS = ("summary", "verification", "rollback", "title", "branch", "base")
-_PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_]+)\s*\}\}")
+PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_]+)\s*\}\}")
 
 
-# --- pure: sections, body, argv ------------------------------------------------------------------
+# --- pure: argv, title, rollback facts, template check ------------------------------------------
 
 
 def gh_base(base: str, remotes: Sequence[str]) -> str:
@@ -68,65 +69,38 @@ def default_title(commits: Sequence[Mapping[str, str]], branch: str) -> str:
     return re.sub(r"[-_/]+", " ", branch).strip() or branch
 
 
-def summary_section(commits: Sequence[Mapping[str, str]]) -> str:
-    lines = ["## Summary", ""]
-    lines += [f"- {c['subject']} (`{c['id']}`)" for c in commits] or ["- (no commits ahead of the base)"]
-    return "\n".join(lines) + "\n"
-
-
 def rollback_command(host: str, inventory_path: str, cwd: str) -> str:
     """The exact command, with the inventory named when it is not ./hosts.toml."""
     default = os.path.abspath(os.path.join(cwd, "hosts.toml"))
-    env = (
-        "" if os.path.abspath(inventory_path) == default else f"OPS_INVENTORY={shlex.quote(inventory_path)} "
-    )
+    same = os.path.abspath(inventory_path) == default
+    env = "" if same else f"OPS_INVENTORY={shlex.quote(inventory_path)} "
     return f"{env}inv rollback --host {shlex.quote(host)}"
 
 
-def rollback_line(host: str, probe: Mapping[str, Any] | None, error: str | None, head: str, cmd: str) -> str:
-    """One host's rollback bullet from its deploy record (deploy_probe's answer)."""
+def rollback_fact(
+    host: str, probe: Mapping[str, Any] | None, error: str | None, head: str, cmd: str
+) -> dict[str, Any]:
+    """What a host's deploy record (deploy_probe's answer) says about rolling this branch back:
+    ``state`` is "deployed" (over ``previous``: ``command`` goes back to it), "first" (no earlier
+    deploy recorded), "other" (the last deploy there is not this branch), "none" (no deploy
+    recorded) or "error" (the record could not be read). ops.report renders it."""
+    fact: dict[str, Any] = {"host": host, "head": head, "command": cmd, "error": error}
     if error is not None or probe is None:
-        return (
-            f"- {host}: its deploy history could not be read ({error}); "
-            f"check it with `inv journal --host {host}`"
-        )
+        return {**fact, "state": "error", "error": error or "no answer"}
     record = probe.get("record") or {}
     current, previous = record.get("current"), record.get("previous")
-    at = (probe.get("checkout") or {}).get("head")
-    at_text = f"`{at[:7]}`" if at else "?"
+    fact.update(current=current, previous=previous, checkout=(probe.get("checkout") or {}).get("head"))
     if not current:
-        return (
-            f"- {host}: no deploy is recorded there (its checkout is at {at_text}, not put there by "
-            "`inv deploy`): `inv rollback` has nothing to go back to"
-        )
+        return {**fact, "state": "none"}
     if current != head:
-        return (
-            f"- {host}: the last deploy recorded there is `{current[:7]}`, not this branch (`{head[:7]}`; "
-            f"the checkout is at {at_text}): `inv rollback` would not undo this branch there"
-        )
-    if not previous:
-        return (
-            f"- {host}: runs this branch (`{head[:7]}`); no earlier deploy is recorded there, so "
-            f"`inv rollback` has nothing to go back to"
-        )
-    return (
-        f"- {host}: runs this branch (`{head[:7]}`), deployed over `{previous[:7]}`. "
-        f"To go back to `{previous[:7]}`: `{cmd}`"
-    )
+        return {**fact, "state": "other"}
+    return {**fact, "state": "deployed" if previous else "first"}
 
 
-def rollback_section(lines: Sequence[str]) -> str:
-    body = list(lines) or ["- No host runs remote checks in this pre-flight: nothing deployed to roll back."]
-    return "\n".join(["## Rollback", "", *body]) + "\n"
-
-
-def render_body(template: str | None, values: Mapping[str, str], template_name: str = "") -> str:
-    """The default body (Summary, Verification, Rollback), or the template with its placeholders
-    filled. A template must place {{verification}}; an unknown placeholder is an error."""
-    if template is None:
-        return "\n".join(values[k].rstrip("\n") + "\n" for k in ("summary", "verification", "rollback"))
-    where = f"[preflight] body ({template_name})"
-    names = _PLACEHOLDER.findall(template)
+def check_template(template: str, name: str) -> None:
+    """A body template must place {{verification}} and use only the known placeholders."""
+    where = f"[preflight] body ({name})"
+    names = PLACEHOLDER.findall(template)
     unknown = sorted({n for n in names if n not in PLACEHOLDERS})
     if unknown:
         raise UsageError(
@@ -138,8 +112,6 @@ def render_body(template: str | None, values: Mapping[str, str], template_name: 
             f"{where} does not place {{{{verification}}}}",
             "add {{verification}} where the pre-flight's evidence goes: a PR body always carries it",
         )
-    body = _PLACEHOLDER.sub(lambda m: values[m.group(1)].rstrip("\n"), template)
-    return body if body.endswith("\n") else body + "\n"
 
 
 # --- the run -------------------------------------------------------------------------------------
@@ -287,25 +259,27 @@ class PrRunner:
         title: str,
         commits: list[dict[str, str]],
     ) -> str:
-        from ops.report import preflight_markdown_text
+        from ops import report as render
 
         hosts = self.s.hosts
         probes = self._probe(self.inv, hosts) if hosts else {}
-        lines = []
-        for h in hosts:
-            probe, error = probes.get(h, (None, "not probed"))
-            cmd = rollback_command(h, self.inv.path, self.opts.cwd)
-            lines.append(rollback_line(h, probe, error, head, cmd))
+        facts = [
+            rollback_fact(h, *probes.get(h, (None, "not probed")), head,
+                          rollback_command(h, self.inv.path, self.opts.cwd))
+            for h in hosts
+        ]
         values = {
-            "summary": summary_section(commits),
-            "verification": preflight_markdown_text(report),
-            "rollback": rollback_section(lines),
+            "summary": render.pr_summary_text(commits),
+            "verification": render.preflight_markdown_text(report),
+            "rollback": render.pr_rollback_text(facts),
             "title": title,
             "branch": branch,
             "base": base,
         }
         template, name = self.template()
-        return render_body(template, values, name)
+        if template is not None:
+            check_template(template, name)
+        return render.pr_body_text(template, values)
 
     def template(self) -> tuple[str | None, str]:
         if not self.s.body:

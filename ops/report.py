@@ -572,6 +572,50 @@ def preflight_markdown(rep: Reporter, report) -> None:
 # --- pr ----------------------------------------------------------------------------------------
 
 
+def pr_summary_text(commits) -> str:
+    """The body's Summary: the commits ahead of the base, oldest first."""
+    lines = ["## Summary", ""]
+    lines += [f"- {c['subject']} (`{c['id']}`)" for c in commits] or ["- (no commits ahead of the base)"]
+    return "\n".join(lines) + "\n"
+
+
+def _rollback_line(f) -> str:
+    host, head = f["host"], f["head"][:7]
+    at = f"`{f['checkout'][:7]}`" if f.get("checkout") else "?"
+    if f["state"] == "error":
+        return f"- {host}: its deploy history could not be read ({f['error']}); check it with " \
+               f"`inv journal --host {host}`"
+    if f["state"] == "none":
+        return (f"- {host}: no deploy is recorded there (its checkout is at {at}, not put there by "
+                "`inv deploy`): `inv rollback` has nothing to go back to")
+    if f["state"] == "other":
+        return (f"- {host}: the last deploy recorded there is `{f['current'][:7]}`, not this branch "
+                f"(`{head}`; the checkout is at {at}): `inv rollback` would not undo this branch there")
+    if f["state"] == "first":
+        return (f"- {host}: runs this branch (`{head}`); no earlier deploy is recorded there, so "
+                "`inv rollback` has nothing to go back to")
+    prev = f["previous"][:7]
+    return (f"- {host}: runs this branch (`{head}`), deployed over `{prev}`. "
+            f"To go back to `{prev}`: `{f['command']}`")
+
+
+def pr_rollback_text(facts) -> str:
+    """The body's Rollback: per host, the commit deployed before and the exact `inv rollback`."""
+    lines = [_rollback_line(f) for f in facts]
+    body = lines or ["- No host runs remote checks in this pre-flight: nothing deployed to roll back."]
+    return "\n".join(["## Rollback", "", *body]) + "\n"
+
+
+def pr_body_text(template: str | None, values: dict[str, str]) -> str:
+    """The default body (Summary, Verification, Rollback), or the (checked) template filled."""
+    from ops.pr import PLACEHOLDER
+
+    if template is None:
+        return "\n".join(values[k].rstrip("\n") + "\n" for k in ("summary", "verification", "rollback"))
+    body = PLACEHOLDER.sub(lambda m: values[m.group(1)].rstrip("\n"), template)
+    return body if body.endswith("\n") else body + "\n"
+
+
 def pr(rep: Reporter, outcome) -> None:
     """`inv pr`: the pre-flight table, then the PR's URL (alone on the last line) or why it was not
     opened and where its body is to paste."""
