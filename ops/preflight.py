@@ -52,6 +52,7 @@ EXEC_MARGIN = 30.0  # s on top of a test's own timeout for the agent call
 HEAD_TIMEOUT = 30.0
 FETCH_TIMEOUT = 60.0  # s for `git fetch` of the base
 OUTPUT_TAIL = 20  # lines of a failed test run's output kept for the report
+OUTPUT_LINE = 500  # characters of each of those lines
 MAX_LISTED = 5  # dirty files / unexpected commits named in a detail
 
 PASS, FAIL, SKIP = "pass", "fail", "skip"
@@ -335,10 +336,12 @@ def count_text(c: testcount.TestCounts) -> str:
 
 
 def _tail(stdout: str, stderr: str, n: int = OUTPUT_TAIL) -> list[str]:
+    """The last ``n`` lines of a run's output (already redacted and bounded by the agent), each cut
+    at OUTPUT_LINE characters: one endless line must not become the report."""
     lines = stdout.rstrip("\n").splitlines()
     if stderr.strip():
         lines += ["--- stderr ---", *stderr.rstrip("\n").splitlines()]
-    return lines[-n:]
+    return [ln if len(ln) <= OUTPUT_LINE else ln[:OUTPUT_LINE] + " [...]" for ln in lines[-n:]]
 
 
 def judge_test(t: PreflightTest, run: dict[str, Any]) -> Outcome:

@@ -203,6 +203,11 @@ def test_a_red_preflight_calls_no_gh_and_writes_no_body(world: World) -> None:
     assert p.returncode == 1
     assert "no pull request opened: pre-flight failed" in p.stdout
     assert gh_calls(world) == [] and not body_path(world).exists()
+    p = run_pr(world, "--json")
+    data = json.loads(p.stdout)
+    assert p.returncode == 1 and data["opened"] is False and data["body_file"] is None
+    assert data["preflight"]["ok"] is False and data["exit_code"] == 1
+    assert gh_calls(world) == [] and not body_path(world).exists()
 
 
 def test_without_gh_the_body_is_written_to_paste(world: World) -> None:

@@ -893,3 +893,30 @@ def test_remote_checks_run_on_all_hosts_at_once_and_the_first_declared_failure_i
     # one host after the other: panda's test never meets pi's
     seq = preflight.Runner(inv, s, git=FakeGit(), connect_fn=connect_to(make_answer()), workers=1)
     assert seq.run(checks).checks[4].detail.startswith("exit 1, no pytest summary line in the output")
+
+
+def test_a_failed_run_keeps_a_bounded_tail_of_bounded_lines() -> None:
+    out = "\n".join(f"line {i}" for i in range(100)) + "\n" + "x" * 5000 + "\n1 failed in 0.1s\n"
+    o = preflight.judge_test(pytest_test(), run(1, out))
+    assert len(o.output) == preflight.OUTPUT_TAIL and o.output[-1] == "1 failed in 0.1s"
+    assert o.output[-2] == "x" * preflight.OUTPUT_LINE + " [...]"
+
+
+def test_the_new_preflight_keys_parse_and_have_defaults(tmp_path: Path) -> None:
+    assert (Preflight().fetch, Preflight().min_files, Preflight().expect_files, Preflight().body) == (
+        True, None, (), None
+    )
+    inv = load(
+        tmp_path,
+        '[preflight]\nfetch = false\nmin_files = 1\nmin_insertions = 10\nmin_deletions = 0\n'
+        'expect_files = ["src/**", "README.md"]\nbody = "docs/pr-template.md"\n',
+    )
+    p = inv.preflight
+    assert (p.fetch, p.min_files, p.min_insertions, p.min_deletions) == (False, 1, 10, 0)
+    assert p.expect_files == ("src/**", "README.md") and p.body == "docs/pr-template.md"
+    s = preflight.settings(inv)
+    assert (s.fetch, s.min_files, s.body) == (False, 1, "docs/pr-template.md")
+    assert s.expect_files == ("src/**", "README.md")
+    assert preflight.settings(inv, fetch=True).fetch is True  # the flag wins
+    assert "[preflight.body] must not be empty" in fails(tmp_path, '[preflight]\nbody = " "\n')
+    assert "[preflight.fetch] must be" in fails(tmp_path, '[preflight]\nfetch = "no"\n')
