@@ -576,7 +576,7 @@ class Runner:
                 out.append(r)
                 continue
             why = f"stopped at '{checks[stop].name}' (--keep-going runs every check)"
-            if r is None:
+            if r is None or r.status == SKIP:  # never started, or could not run (e.g. host unreachable)
                 out.append(CheckResult(spec.name, spec.kind, spec.host, SKIP, f"not run: {why}"))
                 continue
             # it ran on another host alongside the failing one: shown, but never counted
