@@ -184,9 +184,12 @@ class Reporter:
             )
             return
         rows, styles = [], []
+        # systemd unit services add a column: whether systemd starts them at boot
+        boot = any("enabled" in s for o in outcomes if o.ok for s in o.value)
         for o in outcomes:
             if not o.ok:
-                rows.append([o.host, "-", "unreachable", "-", "-", "-", "-", o.error.message])
+                rows.append([o.host, "-", "unreachable", "-", "-", "-", "-", o.error.message]
+                            + (["-"] if boot else []))
                 styles.append("red")
                 continue
             for s in o.value:
@@ -217,11 +220,13 @@ class Reporter:
                         health,
                         detail,
                     ]
+                    + ([s.get("enabled") or "-"] if boot else [])
                 )
                 styles.append(STATE_STYLE.get(s["state"]))
         self._table(
             None,
-            ["host", "service", "state", "pid", "uptime", "port", "health", "detail"],
+            ["host", "service", "state", "pid", "uptime", "port", "health", "detail"]
+            + (["boot"] if boot else []),
             rows,
             styles if self.fmt == "rich" else None,
         )
@@ -299,6 +304,19 @@ class Reporter:
                         self.line(f"{o.host}: last {len(lines)} lines of {child}'s log:", "bold red")
                         for ln in lines:
                             self.line(f"  | {ln}")
+
+    def unit_files(self, outcomes) -> None:
+        """`inv persist --dry-run`: each unit file as it would be written (plain text, not JSON)."""
+        if self.fmt == "json":
+            return
+        for o in outcomes:
+            if not o.ok:
+                continue
+            for r in o.value.services:
+                if r.get("unit_text"):
+                    self.line(f"# {o.host}: {r.get('path')}", "bold")
+                    for ln in r["unit_text"].splitlines():
+                        print(ln, file=self.out)
 
     # --- logs ----------------------------------------------------------------------------
 

@@ -287,11 +287,24 @@ class SystemdBox:
         script = (
             'set -e; mount -t tmpfs -o mode=755,size=1g ops-sdbox "$1"; '
             'mkdir "$1/upper" "$1/work"; cp -a "$2/." "$1/upper/"; '
-            'echo ready; exec sleep 2147483647'
+            "echo ready; exec sleep 2147483647"
         )
         self.keeper = subprocess.Popen(
-            ["unshare", "--mount", "--net", "--uts", "--ipc", "--propagation", "private",
-             "sh", "-c", script, "keeper", str(self.mnt), str(self.seed)],
+            [
+                "unshare",
+                "--mount",
+                "--net",
+                "--uts",
+                "--ipc",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                script,
+                "keeper",
+                str(self.mnt),
+                str(self.seed),
+            ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=open(self.log_path, "ab"),  # noqa: SIM115 - the child keeps it
@@ -304,13 +317,12 @@ class SystemdBox:
         kpid = self.keeper.pid
         subprocess.run(
             ["ip", "link", "add", self.veth, "type", "veth", "peer", "name", "eth0", "netns", str(kpid)],
-            check=True, capture_output=True,
+            check=True,
+            capture_output=True,
         )
         subprocess.run(["ip", "addr", "add", f"{self.host_addr}/30", "dev", self.veth], check=True)
         subprocess.run(["ip", "link", "set", self.veth, "up"], check=True)
-        inside = (
-            f"ip addr add {self.addr}/30 dev eth0 && ip link set eth0 up && ip link set lo up"
-        )
+        inside = f"ip addr add {self.addr}/30 dev eth0 && ip link set eth0 up && ip link set lo up"
         subprocess.run(["nsenter", "-t", str(kpid), "-n", "sh", "-c", inside], check=True)
 
     def _boot_once(self, timeout: float) -> None:
@@ -326,9 +338,20 @@ class SystemdBox:
         )
         with open(self.log_path, "ab") as log:
             self.launcher = subprocess.Popen(
-                ["sh", "-c", launch, "launch", str(cgroup), str(self.keeper.pid),
-                 str(script_path), str(self.mnt)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                [
+                    "sh",
+                    "-c",
+                    launch,
+                    "launch",
+                    str(cgroup),
+                    str(self.keeper.pid),
+                    str(script_path),
+                    str(self.mnt),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
             )
         launcher = self.launcher
 
@@ -354,14 +377,19 @@ class SystemdBox:
         state = self._wait_running(deadline)
         if state not in ("running", "degraded"):
             raise RuntimeError(f"the box's systemd did not finish booting: {state!r}")
-        wait_until(lambda: port_open(22, self.addr, timeout=0.5), max(1.0, deadline - time.monotonic()),
-                   interval=0.05, message=f"sshd in the box on {self.addr}:22")
+        wait_until(
+            lambda: port_open(22, self.addr, timeout=0.5),
+            max(1.0, deadline - time.monotonic()),
+            interval=0.05,
+            message=f"sshd in the box on {self.addr}:22",
+        )
 
     def _wait_running(self, deadline: float) -> str:
         last = ""
         while time.monotonic() < deadline:
             done = self.run(
-                ["systemctl", "is-system-running", "--wait"], check=False,
+                ["systemctl", "is-system-running", "--wait"],
+                check=False,
                 timeout=max(1.0, deadline - time.monotonic()),
             )
             last = done.stdout.strip()
@@ -383,12 +411,17 @@ class SystemdBox:
             raise
         return self
 
-    def run(self, argv: list[str], *, check: bool = True, timeout: float = 30.0,
-            input: str | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, argv: list[str], *, check: bool = True, timeout: float = 30.0, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """Run argv inside the box (all its namespaces, its root) as root."""
         return subprocess.run(
             ["nsenter", "-t", str(self.pid1), "-a", "--", *argv],
-            capture_output=True, text=True, timeout=timeout, check=check, input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=check,
+            input=input,
         )
 
     def shutdown(self, timeout: float = 30.0, *, clean: bool = True) -> None:
@@ -454,13 +487,64 @@ class SystemdBox:
         with contextlib.suppress(OSError):
             self.mnt.rmdir()
 
-    def ssh(self, alias: str, command: str, *, timeout: float = 30.0,
-            check: bool = False) -> subprocess.CompletedProcess[str]:
+    def put(self, src: Path, dest: str, owner: str = "root") -> None:
+        """Copy a local directory into the box (tar through nsenter: the box may not see it)."""
+        self.run(["mkdir", "-p", dest])
+        pack = subprocess.Popen(["tar", "-C", str(src), "-cf", "-", "."], stdout=subprocess.PIPE)
+        try:
+            subprocess.run(
+                [
+                    "nsenter",
+                    "-t",
+                    str(self.pid1),
+                    "-a",
+                    "--",
+                    "tar",
+                    "-C",
+                    dest,
+                    "-xf",
+                    "-",
+                    "--no-same-owner",
+                ],
+                stdin=pack.stdout,
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
+        finally:
+            assert pack.stdout is not None
+            pack.stdout.close()
+            pack.wait(timeout=60)
+        self.run(["chown", "-R", owner, dest])
+
+    def write(self, path: str, text: str, mode: str = "644") -> None:
+        """Write a file in the box (as root)."""
+        self.run(
+            ["sh", "-c", 'mkdir -p "$(dirname "$1")" && cat > "$1" && chmod "$2" "$1"', "w", path, mode],
+            input=text,
+        )
+
+    def ssh(
+        self, alias: str, command: str, *, timeout: float = 30.0, check: bool = False
+    ) -> subprocess.CompletedProcess[str]:
         """Run a shell command in the box over SSH with the system client (as ``alias``'s user)."""
         return subprocess.run(
-            ["ssh", "-F", str(self.ssh_config_path), "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
-             alias, command],
-            capture_output=True, text=True, timeout=timeout, check=check, stdin=subprocess.DEVNULL,
+            [
+                "ssh",
+                "-F",
+                str(self.ssh_config_path),
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "ConnectTimeout=10",
+                alias,
+                command,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=check,
+            stdin=subprocess.DEVNULL,
         )
 
     def __repr__(self) -> str:

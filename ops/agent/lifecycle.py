@@ -96,6 +96,9 @@ class Lifecycle:
 
     def live_pid(self, spec, state=None):
         """(pid or None, note). The recorded pid, only if it is still the same process."""
+        unit = self._unit_spec(spec)
+        if unit is not None:  # systemd's MainPID (its children hang under it)
+            return self._units().main_pid(unit)
         state = self.store.load(spec["name"]) if state is None else state
         if not state or not state.get("pid"):
             return None, None
@@ -110,6 +113,19 @@ class Lifecycle:
             )
         return None, None
 
+    # --- systemd units: ops/agent/systemd.py ----------------------------------------------
+
+    def _unit_spec(self, spec):
+        """The spec if systemd runs this service (manager = "systemd", persist), else None."""
+        from . import systemd
+
+        return systemd.unit_spec(spec, self.store)
+
+    def _units(self):
+        from . import systemd
+
+        return systemd.Units(self)
+
     # --- status ----------------------------------------------------------------------------
 
     def status(self, specs, all_specs, health=True):
@@ -118,6 +134,9 @@ class Lifecycle:
         return [self.secrets.redact_obj(self._status_one(spec, all_specs, table, health)) for spec in specs]
 
     def _status_one(self, spec, all_specs, table, health):
+        unit = self._unit_spec(spec)
+        if unit is not None:
+            return self._units().status_one(unit, table, health)
         name = spec["name"]
         out = {
             "name": name,
@@ -229,7 +248,10 @@ class Lifecycle:
                     {"name": spec["name"], "outcome": "skipped", "detail": "not started: %s failed" % failed}
                 )
                 continue
-            if spec.get("supervised_by"):
+            unit = self._unit_spec(spec)
+            if unit is not None:
+                r = self._units().start_one(unit, [all_specs[c] for c in spec.get("children") or []])
+            elif spec.get("supervised_by"):
                 r = self._check_supervised(spec, all_specs[spec["supervised_by"]])
             else:
                 r = self.start_one(spec, [all_specs[c] for c in spec.get("children") or []])
@@ -636,7 +658,10 @@ class Lifecycle:
         self._remember_secrets(specs, all_specs)
         results = []
         for spec in specs:
-            if spec.get("supervised_by"):
+            unit = self._unit_spec(spec)
+            if unit is not None:
+                r = self._units().stop_one(unit, [all_specs[c] for c in spec.get("children") or []])
+            elif spec.get("supervised_by"):
                 r = self._verify_child_stopped(spec, all_specs)
             else:
                 r = self.stop_one(spec, [all_specs[c] for c in spec.get("children") or []])

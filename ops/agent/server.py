@@ -17,7 +17,7 @@ import sys
 import time
 import traceback
 
-from . import checks, deployops, procs
+from . import checks, deployops, procs, systemd
 from .gates import tail_lines
 from .lifecycle import Lifecycle
 from .state import expand
@@ -167,6 +167,7 @@ OPS = {
 
 OPS.update(deployops.OPS)
 OPS.update(checks.OPS)
+OPS.update(systemd.OPS)
 
 
 def register(name, fn):

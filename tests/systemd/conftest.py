@@ -43,3 +43,15 @@ def private_sdbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SystemdB
         yield box
     finally:
         box.close()
+
+
+@pytest.fixture
+def scene(sdbox: SystemdBox, tmp_path):  # type: ignore[no-untyped-def]
+    """A per-test scene on the shared box, connecting as root."""
+    from tests.systemd.unitrig import UnitScene
+
+    s = UnitScene(sdbox, tmp_path)
+    try:
+        yield s
+    finally:
+        s.cleanup()

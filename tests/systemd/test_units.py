@@ -1,0 +1,124 @@
+"""manager = "systemd": start/stop/status through systemctl with the same gates, against a real
+systemd (the booted box), over SSH."""
+
+from __future__ import annotations
+
+from ops import control
+from tests.harness import wait_until
+from tests.systemd.unitrig import UnitScene
+
+
+def test_start_passes_journal_port_and_health_gates_and_status_shows_the_unit(scene: UnitScene) -> None:
+    name = scene.name("web")
+    unit = scene.unit(name, "--port", "18081", "--ready", "web-ready")
+    scene.write_inventory(
+        {
+            name: {
+                "manager": "systemd",
+                "unit": unit,
+                "port": 18081,
+                "ready": {"log": "web-ready"},
+                "health": {"url": "http://127.0.0.1:18081/health", "body": "ok"},
+            }
+        }
+    )
+    with scene.session() as s:
+        started = control.start(s, [name])
+        assert started.ok, started.services
+        r = started.services[0]
+        assert r["outcome"] == "started"
+        assert sorted(g["name"] for g in r["gates"]) == ["health", "log", "port"]
+        main = int(scene.show(unit, "MainPID")["MainPID"])
+        assert r["pid"] == main
+        st = control.status(s, [name])[0]
+        assert st["state"] == "running" and st["pid"] == main and st["port_ok"] is True
+        assert st["health"]["ok"] is True
+        assert st["invocation_id"] == scene.show(unit, "InvocationID")["InvocationID"]
+        assert st["enabled"] == "disabled"
+        again = control.start(s, [name]).services[0]
+        assert again["outcome"] == "already-running"
+        stopped = control.stop(s, [name])
+        assert stopped.ok and stopped.services[0]["outcome"] == "stopped", stopped.services
+        assert scene.show(unit, "ActiveState")["ActiveState"] == "inactive"
+        assert scene.cgroup_pids(unit) == set()
+        st = control.status(s, [name])[0]
+        assert st["state"] == "stopped" and st["detail"] == "stopped by `stop`"
+
+
+def test_a_unit_that_crashes_fails_its_gate_with_exit_code_and_journal_lines(scene: UnitScene) -> None:
+    name = scene.name("crash")
+    unit = scene.unit(name, "--crash", "7")
+    scene.write_inventory(
+        {name: {"manager": "systemd", "unit": unit, "ready": {"log": "app ready", "timeout": 20}}}
+    )
+    with scene.session() as s:
+        r = control.start(s, [name]).services[0]
+    assert r["outcome"] == "failed", r
+    assert r["exit_code"] == 7
+    assert "left the active state" in r["detail"], r["detail"]
+    assert any("fatal: cannot start" in ln for ln in r["log_tail"]), r["log_tail"]
+    assert scene.cgroup_pids(unit) == set()
+
+
+def test_the_log_gate_reads_only_lines_of_this_start(scene: UnitScene) -> None:
+    """The ready line of the previous run is in the journal; a start whose process never writes it
+    again must fail at the log gate (cursor taken before the start), and leave nothing running."""
+    name = scene.name("stale")
+    unit = scene.unit(name, "--ready", "stale-ready")
+    scene.write_inventory({name: {"manager": "systemd", "unit": unit, "ready": {"log": "stale-ready"}}})
+    with scene.session() as s:
+        assert control.start(s, [name]).ok
+        assert control.stop(s, [name]).ok
+    # same unit, now never ready: the old line must not count
+    scene.unit(name, "--ready", "something-else")
+    scene.write_inventory(
+        {name: {"manager": "systemd", "unit": unit, "ready": {"log": "stale-ready", "timeout": 3}}}
+    )
+    with scene.session() as s:
+        r = control.start(s, [name]).services[0]
+    assert r["outcome"] == "failed" and r["failed_gate"] == "log", r
+    assert "timed out" in r["detail"]
+    assert scene.show(unit, "ActiveState")["ActiveState"] in ("inactive", "failed")
+
+
+def test_health_gate_fails_on_a_500_and_the_unit_is_stopped(scene: UnitScene) -> None:
+    name = scene.name("sick")
+    unit = scene.unit(name, "--port", "18082", "--health-status", "500")
+    scene.write_inventory(
+        {
+            name: {
+                "manager": "systemd",
+                "unit": unit,
+                "port": 18082,
+                "health": {"url": "http://127.0.0.1:18082/health"},
+                "ready": {"timeout": 3},
+            }
+        }
+    )
+    with scene.session() as s:
+        r = control.start(s, [name]).services[0]
+    assert r["outcome"] == "failed" and r["failed_gate"] == "health", r
+    assert "500" in r["detail"]
+    assert scene.cgroup_pids(unit) == set()
+
+
+def test_port_gate_needs_the_port_held_by_the_units_cgroup(scene: UnitScene) -> None:
+    """Someone else holds the port: the unit's own server cannot bind and the gate must fail,
+    naming the holder, which is left alone."""
+    name = scene.name("portless")
+    holder = scene.unit(scene.name("holder"), "--port", "18083")
+    scene.box.run(["systemctl", "start", holder])
+    wait_until(
+        lambda: scene.box.run(["sh", "-c", "ss -ltn | grep -q ':18083 '"], check=False).returncode == 0,
+        20,
+        message="the holder to listen",
+    )
+    unit = scene.unit(name, "--delay", "0")
+    scene.write_inventory(
+        {name: {"manager": "systemd", "unit": unit, "port": 18083, "ready": {"timeout": 3}}}
+    )
+    with scene.session() as s:
+        r = control.start(s, [name]).services[0]
+    assert r["outcome"] == "failed" and r["failed_gate"] == "port", r
+    assert "not by this service" in r["detail"]
+    assert scene.show(holder, "ActiveState")["ActiveState"] == "active"
