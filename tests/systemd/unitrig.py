@@ -33,6 +33,7 @@ p.add_argument("--crash", type=int, default=None)
 p.add_argument("--spawn", type=int, default=0)
 p.add_argument("--every", type=float, default=0.5)
 p.add_argument("--child", action="store_true")
+p.add_argument("--tick", type=float, default=0.0)
 a = p.parse_args()
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 if a.child:
@@ -62,8 +63,12 @@ if a.port:
     print(a.ready, flush=True)
     server.serve_forever()
 print(a.ready, flush=True)
+n = 0
 while True:
-    time.sleep(1)
+    time.sleep(a.tick or 1)
+    if a.tick:
+        n += 1
+        print("tick %d %s" % (n, os.environ.get("APP_TOKEN", "")), flush=True)
 """
 
 
