@@ -34,6 +34,7 @@ CMD_TIMEOUT = 30.0  # s for one systemctl/journalctl call that should answer at 
 POLL = 0.05
 SETTLE = 1.0  # a unit without gates must stay active this long to count as started
 LOG_TAIL = 20
+NEVER_MATCHES = "(?!)"  # the pattern of a unit that declares neither cmd nor match (ops/inventory.py)
 MARKER = "# Written by ops (inv persist) from the inventory; edits are overwritten."
 SHOW_PROPS = (
     "Id",
@@ -1073,12 +1074,257 @@ class Units:
         finally:
             watch.close()
 
-    # --- verify ---------------------------------------------------------------------------
+    # --- verify (the hooks of ops/agent/checks.py: ch is its Checks) -----------------------
 
-    def owner_pids(self, spec):
-        """(pids of the unit's cgroup, props)."""
-        props = self.show(spec)
-        return self.pids(props), props
+    def _strays(self, table, spec, mine):
+        return [p for p in self.lc._pgrep(table, spec["match"]) if p.pid not in mine]
+
+    def check_tree(self, ch, spec):
+        """The unit is active, its main process is in its cgroup, and nothing matching its
+        pattern runs outside the cgroup. The evidence: the cgroup's processes as a tree."""
+        from .checks import offender
+
+        t0 = ch.clock()
+        unit = unit_of(spec)
+        try:
+            props = self.show(spec)
+        except UnitError as exc:
+            return ch._check("tree", spec, False, str(exc), t0, unit=unit)
+        table = self.lc._snapshot()
+        mine = self.pids(props)
+        main = _int(props.get("MainPID"))
+        mapped = state_of(props)
+        offenders = [
+            offender(table, p, "outside the cgroup of %s" % unit) for p in self._strays(table, spec, mine)
+        ]
+        lines = procs.tree_lines(table, main) if main else []
+        shown = set([main]) | set(p.pid for p in procs.descendants(table, main)) if main else set()
+        for pid in sorted(mine - shown):  # in the cgroup but not under the main process
+            lines.extend(procs.tree_lines(table, pid))
+        extra = {
+            "unit": unit,
+            "pid": main or None,
+            "tree": lines,
+            "offenders": offenders,
+            "invocation_id": props.get("InvocationID") or None,
+            "cgroup": props.get("ControlGroup"),
+        }
+        if mapped["state"] != "running" or not main:
+            return ch._check(
+                "tree", spec, False, "%s is %s: %s" % (unit, mapped["state"], mapped["detail"]), t0, **extra
+            )
+        if main not in mine:
+            return ch._check(
+                "tree",
+                spec,
+                False,
+                "the main pid %d of %s is not in its cgroup %s" % (main, unit, props.get("ControlGroup")),
+                t0,
+                **extra,
+            )
+        detail = "%s: main pid %d, %d process(es) in its cgroup %s" % (
+            unit,
+            main,
+            len(mine),
+            props.get("ControlGroup"),
+        )
+        if offenders:
+            return ch._check(
+                "tree",
+                spec,
+                False,
+                detail
+                + "; but %d matching process(es) run outside it: %s"
+                % (len(offenders), describe_pids(table, [o["pid"] for o in offenders])),
+                t0,
+                **extra,
+            )
+        return ch._check("tree", spec, True, detail, t0, **extra)
+
+    def check_orphans(self, ch, spec):
+        from .checks import offender
+
+        t0 = ch.clock()
+        unit = unit_of(spec)
+        try:
+            props = self.show(spec)
+        except UnitError as exc:
+            return ch._check("orphans", spec, False, str(exc), t0, offenders=[])
+        table = self.lc._snapshot()
+        mine = self.pids(props)
+        offenders = [
+            offender(table, p, "outside the cgroup of %s" % unit) for p in self._strays(table, spec, mine)
+        ]
+        if offenders:
+            detail = "%d process(es) matching /%s/ run outside the cgroup of %s: %s (%s)" % (
+                len(offenders),
+                spec["match"],
+                unit,
+                describe_pids(table, [o["pid"] for o in offenders]),
+                offenders[0]["reason"],
+            )
+        else:
+            detail = "none outside the cgroup of %s (%d process(es) in it)" % (unit, len(mine))
+        return ch._check("orphans", spec, not offenders, detail, t0, offenders=offenders, unit=unit)
+
+    def count(self, spec, table):
+        """verify.watch's count for a unit: its pattern's matches, or (no pattern) its cgroup."""
+        if spec.get("match") != NEVER_MATCHES:
+            return len(self.lc._pgrep(table, spec["match"]))
+        try:
+            return len(self.pids(self.show(spec)))
+        except UnitError:
+            return 0
+
+    def check_restart(self, ch, spec, signame="KILL", timeout=30.0):
+        """Kill the unit's main process; systemd's Restart= must bring back a NEW invocation (new
+        InvocationID and MainPID) that passes the service's gates again, within timeout."""
+        t0 = ch.clock()
+        unit = unit_of(spec)
+        signame = str(signame).upper()
+        signame = signame[3:] if signame.startswith("SIG") else signame
+        extra = {"signal": signame, "timeout": timeout, "old_pid": None, "new_pid": None, "unit": unit}
+        try:
+            props = self.show(spec)
+        except UnitError as exc:
+            return ch._check("restart", spec, False, str(exc), t0, **extra)
+        if props.get("Restart") in (None, "", "no"):
+            return ch._check(
+                "restart",
+                spec,
+                False,
+                "%s has Restart=no, so nothing would bring it back; it was not killed" % unit,
+                t0,
+                **extra,
+            )
+        old_pid, old_inv = _int(props.get("MainPID")), props.get("InvocationID")
+        if props.get("ActiveState") != "active" or not old_pid:
+            return ch._check(
+                "restart",
+                spec,
+                False,
+                "%s is not running (%s); nothing was killed"
+                % (unit, state_of(props)["detail"] or props.get("ActiveState")),
+                t0,
+                **extra,
+            )
+        extra.update(old_pid=old_pid, old_invocation_id=old_inv)
+        journal = self._uses_journal(spec)
+        try:
+            cursor = self.cursor(spec) if journal else None
+        except UnitError as exc:
+            return ch._check("restart", spec, False, str(exc) + "; nothing was killed", t0, **extra)
+        watch = self.journal_watch(spec, cursor) if journal else LogWatch(self.lc._log_path(spec))
+        try:
+            try:
+                rc, out, err = self.ctl(spec, ["kill", "--kill-whom=main", "-s", "SIG" + signame, unit])
+            except UnitError as exc:
+                return ch._check("restart", spec, False, str(exc), t0, **extra)
+            if rc != 0:
+                return ch._check(
+                    "restart",
+                    spec,
+                    False,
+                    "systemctl kill failed: %s" % (err or out).strip()[:200],
+                    t0,
+                    **extra,
+                )
+            killed = ch.clock()
+            ch._progress(spec, "sent SIG%s to the main pid %d of %s" % (signame, old_pid, unit))
+            deadline = killed + timeout
+            new_inv, gates, passed, details = None, [], [], {}
+            while True:
+                props = self.show(spec)
+                inv, pid = props.get("InvocationID"), _int(props.get("MainPID"))
+                if props.get("ActiveState") == "failed":
+                    extra["gates"] = passed
+                    return ch._check(
+                        "restart",
+                        spec,
+                        False,
+                        "%s failed instead of restarting: %s" % (unit, state_of(props)["detail"]),
+                        t0,
+                        **extra,
+                    )
+                if new_inv is not None and inv != new_inv:
+                    ch._progress(spec, "the new invocation died before it was ready; waiting again")
+                    new_inv = None
+                if (
+                    new_inv is None
+                    and inv
+                    and inv != old_inv
+                    and props.get("ActiveState") == "active"
+                    and pid
+                ):
+                    new_inv = inv
+                    extra.update(
+                        new_pid=pid,
+                        new_invocation_id=inv,
+                        appeared_after=round(ch.clock() - killed, 3),
+                        restarts=_int(props.get("NRestarts")),
+                    )
+                    gates = [
+                        g
+                        for g in self._gates(spec, [], {spec["name"]: watch}, time.time() - 1)
+                        if g[0] != "alive"
+                    ]
+                    passed, details = [], {}
+                if new_inv is not None:
+                    table = self.lc._snapshot()
+                    mine = self.pids(props)
+                    for g in list(gates):
+                        ok, detail = g[1](table, props, mine)
+                        details[g[0]] = detail
+                        if ok:
+                            gates.remove(g)
+                            passed.append(
+                                {
+                                    "name": g[0],
+                                    "ok": True,
+                                    "detail": detail,
+                                    "elapsed": round(ch.clock() - killed, 3),
+                                }
+                            )
+                    if not gates:
+                        took = round(ch.clock() - killed, 3)
+                        extra.update(
+                            restart_time=took, gates=passed, tree=procs.tree_lines(table, extra["new_pid"])
+                        )
+                        names = ", ".join(g["name"] for g in passed)
+                        return ch._check(
+                            "restart",
+                            spec,
+                            True,
+                            "pid %d was killed (SIG%s); systemd (Restart=%s) "
+                            "brought back pid %d (a new invocation) in %.2fs%s"
+                            % (
+                                old_pid,
+                                signame,
+                                props.get("Restart"),
+                                extra["new_pid"],
+                                took,
+                                " (%s ok)" % names if names else "",
+                            ),
+                            t0,
+                            **extra,
+                        )
+                if ch.clock() >= deadline:
+                    extra["gates"] = passed
+                    if new_inv is None:
+                        detail = (
+                            "no new invocation of %s became active within %gs after pid %d was killed (%s)"
+                            % (unit, timeout, old_pid, state_of(props)["detail"] or props.get("ActiveState"))
+                        )
+                    else:
+                        detail = "new pid %d came up, but within %gs %s" % (
+                            extra["new_pid"],
+                            timeout,
+                            "; ".join("%s: %s" % (g[0], details.get(g[0]) or "not passed") for g in gates),
+                        )
+                    return ch._check("restart", spec, False, detail, t0, **extra)
+                self.lc.sleep(POLL)
+        finally:
+            watch.close()
 
 
 def _user_name():
