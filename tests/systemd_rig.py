@@ -100,7 +100,7 @@ _TARGET = """\
 Description=ops test box
 Requires=basic.target
 After=basic.target
-Wants=ops-test-sshd.service systemd-logind.service systemd-user-sessions.service
+Wants=ops-test-sshd.service systemd-logind.service systemd-user-sessions.service multi-user.target
 AllowIsolate=yes
 """
 
@@ -237,11 +237,19 @@ class SystemdBox:
     def _write_seed(self) -> None:
         etc = self.seed / "etc"
         (etc / "systemd" / "system" / "ops-test.target.wants").mkdir(parents=True, exist_ok=True)
+        (etc / "systemd" / "system" / "multi-user.target.wants").mkdir(parents=True, exist_ok=True)
         (etc / "ops-test").mkdir(parents=True, exist_ok=True)
         (etc / "systemd" / "system" / "ops-test.target").write_text(_TARGET)
         (etc / "systemd" / "system" / "ops-test-sshd.service").write_text(_SSHD_UNIT)
         (etc / "ops-test" / "sshd_config").write_text(_SSHD_CONFIG)
         (etc / "ops-test" / "firstboot.sh").write_text(_FIRSTBOOT)
+        # root's home is the machine's /root seen through the overlay: its rc files (pyenv init,
+        # whose `rehash` lock can wait 60 s on a lock file another process left behind on the
+        # machine) must not run in the box: plain ones hide them
+        root_home = self.seed / "root"
+        root_home.mkdir(mode=0o700, exist_ok=True)
+        for rc in (".bashrc", ".profile", ".bash_profile", ".bash_login"):
+            (root_home / rc).write_text("# the ops test box: no rc of the machine's root\n")
         _keygen(etc / "ops-test" / "host_key", "sdbox-host")
         _keygen(self.key_path, "sdbox-client")
         pub = self.key_path.with_name(self.key_path.name + ".pub").read_text()
@@ -287,6 +295,11 @@ class SystemdBox:
         script = (
             'set -e; mount -t tmpfs -o mode=755,size=1g ops-sdbox "$1"; '
             'mkdir "$1/upper" "$1/work"; cp -a "$2/." "$1/upper/"; '
+            # the machine's own enabled services (its sshd on :22, a database...) stay out of the
+            # box: an opaque, empty multi-user.target.wants hides /etc's; units enabled in the box
+            # (WantedBy=multi-user.target) land in it and come back at every boot
+            'python3 -c "import os,sys; os.setxattr(sys.argv[1], \'trusted.overlay.opaque\', b\'y\')" '
+            '"$1/upper/etc/systemd/system/multi-user.target.wants"; '
             "echo ready; exec sleep 2147483647"
         )
         self.keeper = subprocess.Popen(

@@ -633,6 +633,8 @@ class Units:
                 wrote = self.ensure_unit(spec)
                 if wrote.get("problem"):
                     return self._result(spec, "failed", detail=wrote["problem"])
+                if wrote["changed"]:  # persist = true: a (re)written unit is enabled, to come back at boot
+                    self.ctl(spec, ["enable", unit])
             before = self.show(spec)
             if before.get("LoadState") != "loaded":
                 return self._result(
@@ -971,6 +973,10 @@ class Units:
             current = None
         except OSError:
             current = None
+        try:  # systemd opens the log (StandardOutput=append:) but does not create its directory
+            os.makedirs(os.path.dirname(self.lc._log_path(spec)), exist_ok=True)
+        except OSError:
+            pass
         if current == text:
             return out
         if current is not None and MARKER not in current:
@@ -1009,13 +1015,23 @@ class Units:
         return out
 
     def no_systemd(self, spec):
-        archive = os.path.abspath(os.environ.get("OPS_AGENT_ARCHIVE") or "agent.pyz")
+        import sys
+
+        archive = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0].endswith(".pyz") else "AGENT.pyz"
         spec_path = os.path.join(self.lc.store.root, "services", spec["name"] + ".supervise.json")
+        policy = (spec.get("restart") or {}).get("policy", "no")
         return (
             "this host does not run systemd (no /run/systemd/system), so no unit can bring %s back after a "
-            "reboot. The alternative here: the tool's own supervisor started at boot by your crontab "
-            "(crontab -e), after one `inv start` has written its spec: %s"
-            % (spec["name"], crontab_line("python3", archive, spec_path))
+            "reboot. The alternative here: start the tool's own supervisor at boot from your crontab "
+            "(crontab -e): %s%s"
+            % (
+                spec["name"],
+                crontab_line(sys.executable or "python3", archive, spec_path),
+                ""
+                if policy != "no"
+                else ' (give the service restart = "on-failure" or "always" first, '
+                "and `inv start` it once, so the tool runs it under its supervisor and writes that spec)",
+            )
         )
 
     def persist_one(self, spec, dry_run=False):
