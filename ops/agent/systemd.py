@@ -200,6 +200,11 @@ def _quote_env(key, value):
     return '"%s"' % text.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
 
 
+def _spec_text(text):
+    """A value systemd reads with specifier expansion (%n, %h...): % doubled, one line."""
+    return " ".join(str(text).split("\n")).replace("%", "%%")
+
+
 def _exec_word(word):
     """An ExecStart word: specifiers (%) doubled, quoted when needed (systemd's own quoting)."""
     word = word.replace("%", "%%")
@@ -228,7 +233,7 @@ def render_unit(
     backoff = float(restart.get("backoff", 1.0))
     breaker = int(restart.get("breaker", 5))
     min_uptime = float(restart.get("min_uptime", 30.0))
-    lines = [MARKER, "[Unit]", "Description=%s" % description]
+    lines = [MARKER, "[Unit]", "Description=%s" % _spec_text(description)]
     if policy != "no":
         # breaker short runs in a row give up (fatal): as many starts within the time they take
         lines.append("StartLimitIntervalSec=%ds" % int(round(breaker * (min_uptime + backoff))))
@@ -236,13 +241,13 @@ def render_unit(
     lines += ["", "[Service]", "Type=simple"]
     if user:
         lines.append("User=%s" % user)
-    lines.append("WorkingDirectory=%s" % _exec_word(cwd))
+    lines.append("WorkingDirectory=%s" % _spec_text(cwd))
     for key in sorted(env or {}):
         lines.append("Environment=%s" % _quote_env(key, env[key]))
     if env_file:
-        lines.append("EnvironmentFile=%s" % env_file)
+        lines.append("EnvironmentFile=%s" % _spec_text(env_file))
     lines.append("ExecStart=%s" % " ".join(_exec_word(w) for w in argv))
-    lines.append("StandardOutput=append:%s" % log)
+    lines.append("StandardOutput=append:%s" % _spec_text(log))
     lines.append("StandardError=inherit")
     lines.append("Restart=%s" % policy)
     if policy != "no":
