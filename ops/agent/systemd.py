@@ -185,7 +185,11 @@ def state_of(props, stopped_by_user=False, now_mono=None):
                 "start limit hit after %d restart(s) (StartLimitBurst); `start` resets it" % restarts
             )
         else:
-            out["detail"] = "failed: Result=%s%s" % (result, ", " + ended if ended else "")
+            out["detail"] = "failed: Result=%s%s%s" % (
+                result,
+                ", " + ended if ended else "",
+                " after %d restart(s)" % restarts if restarts else "",
+            )
     elif active == "inactive":
         out["state"] = "stopped"
         out["detail"] = (

@@ -122,3 +122,79 @@ def test_port_gate_needs_the_port_held_by_the_units_cgroup(scene: UnitScene) -> 
     assert r["outcome"] == "failed" and r["failed_gate"] == "port", r
     assert "not by this service" in r["detail"]
     assert scene.show(holder, "ActiveState")["ActiveState"] == "active"
+
+
+def test_status_maps_auto_restart_to_backoff_and_failed_to_fatal(scene: UnitScene) -> None:
+    looping = scene.name("loop")
+    loop_unit = scene.unit(
+        looping,
+        "--crash",
+        "3",
+        restart="always",
+        extra="RestartSec=3\n",
+        unit_extra="StartLimitIntervalSec=0\n",
+    )
+    dead = scene.name("dead")
+    dead_unit = scene.unit(dead, "--crash", "7")
+    limited = scene.name("limited")
+    limited_unit = scene.unit(
+        limited, "--crash", "4", restart="always", unit_extra="StartLimitIntervalSec=60\nStartLimitBurst=2\n"
+    )
+    scene.write_inventory(
+        {n: {"manager": "systemd", "unit": f"{n}.service"} for n in (looping, dead, limited)}
+    )
+    for unit in (loop_unit, dead_unit, limited_unit):
+        scene.box.run(["systemctl", "start", "--no-block", unit])
+    wait_until(
+        lambda: scene.show(loop_unit, "NRestarts")["NRestarts"] not in ("", "0"),
+        30,
+        message="the crash loop to be restarted once",
+    )
+    wait_until(
+        lambda: scene.show(dead_unit, "ActiveState")["ActiveState"] == "failed",
+        30,
+        message=f"{dead_unit} to fail",
+    )
+    wait_until(
+        lambda: scene.show(limited_unit, "ActiveState")["ActiveState"] == "failed",
+        30,
+        message=f"{limited_unit} to hit its start limit",
+    )
+    with scene.session() as s:
+        by_name = {r["name"]: r for r in control.status(s)}
+
+    def in_backoff() -> bool:
+        with scene.session() as s:
+            by_name[looping] = control.status(s, [looping])[0]
+        return by_name[looping]["state"] == "backoff"
+
+    wait_until(in_backoff, 30, interval=0.2, message="the crash loop to be seen between two tries")
+    b = by_name[looping]
+    assert b["restarts"] >= 1 and b["last_exit"] == 3, b
+    assert "next try in" in b["detail"] and "exit code 3" in b["detail"], b
+    f = by_name[dead]
+    assert (f["state"], f["detail"]) == ("fatal", "failed: Result=exit-code, exit code 7"), f
+    limit = by_name[limited]
+    assert (limit["state"], limit["detail"]) == (
+        "fatal",
+        "failed: Result=exit-code, exit code 4 after 2 restart(s)",
+    )
+
+
+def test_a_user_unit_of_a_plain_user_without_sudo(sdbox, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    scene = UnitScene(sdbox, tmp_path, alias="sdbox-user")
+    name = scene.name("mine")
+    unit = scene.user_unit(name, "--ready", "user-unit-up")
+    scene.write_inventory(
+        {name: {"manager": "systemd", "scope": "user", "unit": unit, "ready": {"log": "user-unit-up"}}}
+    )
+    try:
+        r = scene.inv_json("start", code=0)["hosts"][0]["services"][0]
+        assert r["outcome"] == "started" and [g["name"] for g in r["gates"]] == ["log"], r
+        st = scene.inv_json("status", code=0)["hosts"][0]["services"][0]
+        assert st["state"] == "running" and st["pid"] == r["pid"], st
+        owner = sdbox.run(["stat", "-c", "%U", f"/proc/{r['pid']}"]).stdout.strip()
+        assert owner == "opsuser"
+        assert scene.inv_json("stop", code=0)["hosts"][0]["services"][0]["outcome"] == "stopped"
+    finally:
+        scene.box.ssh("sdbox-user", f"systemctl --user stop {unit}")

@@ -99,12 +99,18 @@ class UnitScene:
         return f"/usr/bin/python3 {self.dir}/app.py " + " ".join(args)
 
     def unit(
-        self, name: str, *args: str, restart: str = "no", extra: str = "", user: str | None = None
+        self,
+        name: str,
+        *args: str,
+        restart: str = "no",
+        extra: str = "",
+        user: str | None = None,
+        unit_extra: str = "",
     ) -> str:
         """Install /etc/systemd/system/NAME.service running app.py ARGS; daemon-reload."""
         unit = f"{name}.service"
         text = (
-            f"[Unit]\nDescription=ops test {name}\n[Service]\nExecStart={self.app_cmd(*args)}\n"
+            f"[Unit]\nDescription=ops test {name}\n{unit_extra}[Service]\nExecStart={self.app_cmd(*args)}\n"
             f"Restart={restart}\nRestartSec=0.3\nEnvironmentFile={self.dir}/secret.env\n"
             + (f"User={user}\n" if user else "")
             + extra
