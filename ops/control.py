@@ -132,6 +132,12 @@ def unit_services(host: Host, names: list[str] | None, what: str, persist: bool 
     return [s for s in chosen if s not in bad]
 
 
+def systemctl_action(service: Service, verb: str) -> str:
+    """What a phase does to a unit service, in systemctl's words (for plans). Pure."""
+    scope = " --user" if service.scope == "user" else ""
+    return f"systemctl{scope} {verb} {service.unit_name}"
+
+
 def enable(session: HostSession, names: list[str] | None = None, on_event=None, now: bool = False,
            on: bool = True) -> PhaseResult:
     """`systemctl enable` (start at boot) the unit services; with now, start them too (gates)."""

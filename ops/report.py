@@ -388,8 +388,12 @@ def deploy_plan(rep: Reporter, plan: dict) -> None:
     rep.line(f"  3. stop (in order): {', '.join(plan['stop']) or '-'}")
     for s in plan["would_signal"]:
         rep.line(f"       would signal {s['service']} pid {s['pid']}: {s['signal']}")
+    for action in (plan.get("systemctl") or {}).get("stop", []):
+        rep.line(f"       systemd: {action}")
     gates = "; ".join(f"{k} [{', '.join(v) or 'no gates'}]" for k, v in plan["gates"].items())
     rep.line(f"  4. start (in order): {gates or '-'}")
+    for action in (plan.get("systemctl") or {}).get("start", []):
+        rep.line(f"       systemd: {action}")
     rep.line("  5. verify; on failure roll back to the previous commit")
     running = ", ".join(f"{k}={v['state']}" + (f"({v['pid']})" if v["pid"] else "")
                         for k, v in plan["running"].items())
