@@ -415,6 +415,11 @@ class Units:
         """systemctl ARGS for the spec's unit scope; through sudo -n when it changes a system unit
         and we are not root. UnitError with what to do when it cannot run."""
         scope = spec.get("scope") or "system"
+        if not self.booted():
+            raise UnitError(
+                "this host does not run systemd (no /run/systemd/system), so %s cannot be driven by "
+                'systemctl here; let the tool run it (remove manager = "systemd", give cmd)' % unit_of(spec)
+            )
         sudo = change and needs_sudo(scope, self.euid)
         argv = systemctl_argv(scope, args, sudo)
         rc, out, err = _run(argv, timeout, env=self._env(scope))

@@ -150,3 +150,47 @@ def test_persist_on_a_host_without_systemd_offers_a_crontab_line(tmp_path: Path)
         r.stdout
     )
     assert "Traceback" not in r.stdout + r.stderr
+
+
+def test_a_unit_service_on_a_host_without_systemd_is_a_clear_error(tmp_path: Path) -> None:
+    if os.path.isdir("/run/systemd/system"):
+        pytest.skip("this machine runs systemd")
+    import subprocess
+    import sys
+
+    from tests.systemd.unitrig import REPO
+
+    inv = tmp_path / "hosts.toml"
+    inv.write_text(
+        toml_tables(
+            {
+                "hosts.here": {
+                    "local": True,
+                    "path": str(tmp_path),
+                    "state_dir": str(tmp_path / "state"),
+                    "services": ["unitsvc"],
+                },
+                "services.unitsvc": {"manager": "systemd"},
+            }
+        )
+    )
+    env = dict(os.environ, OPS_INVENTORY=str(inv))
+    r = subprocess.run(
+        [sys.executable, "-m", "invoke", "start"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "this host does not run systemd (no /run/systemd/system)" in r.stdout, r.stdout
+    st = subprocess.run(
+        [sys.executable, "-m", "invoke", "status"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert st.returncode == 0 and " unknown " in st.stdout and "does not run systemd" in st.stdout, st.stdout
