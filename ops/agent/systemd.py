@@ -543,8 +543,12 @@ class Units:
         pid = _int(props.get("MainPID"))
         if pid and mapped["state"] == "running":
             out["pid"] = pid
+            started = _int(props.get("ExecMainStartTimestampMonotonic"))
+            out["started_monotonic"] = started / 1e6 if started else None
             p = table.get(pid)
-            if p is not None:
+            if started:  # systemd's own clock of this invocation's main process
+                out["uptime"] = max(0.0, time.monotonic() - started / 1e6)
+            elif p is not None:
                 out["uptime"] = max(0.0, time.time() - p.start_epoch)
         strays = [p for p in self.lc._pgrep(table, spec["match"]) if p.pid not in mine]
         if strays:
@@ -666,6 +670,9 @@ class Units:
                     detail="%s is restarting on its own (%s); `restart` "
                     "or `stop` it first" % (unit, state_of(before)["detail"]),
                 )
+            refused = self._preflight(spec, children, before)
+            if refused:
+                return self._result(spec, "failed", failed_gate=refused[0], detail=refused[1])
             cursor = self.cursor(spec) if self._uses_journal(spec) else None
         except UnitError as exc:
             return self._result(spec, "failed", detail=str(exc))
@@ -688,6 +695,29 @@ class Units:
         finally:
             for w in watches.values():
                 w.close()
+
+    def _preflight(self, spec, children, props):
+        """(gate, why) when the start must not even be tried: a copy already runs outside the
+        unit's cgroup (not signalled: it is not provably the unit's), or the port is held."""
+        table = self.lc._snapshot()
+        mine = self.pids(props)
+        for s in [spec] + list(children):
+            strays = self._strays(table, s, mine)
+            if strays:
+                return "process", (
+                    "%s is already running outside %s: %s; not signalled (not provably the unit's): stop it "
+                    "yourself (find it with `pgrep -af '%s'`)"
+                    % (s["name"], unit_of(spec), describe_pids(table, [p.pid for p in strays]), s["match"])
+                )
+            if s.get("port"):
+                holders = procs.listening_pids(s["port"]) - mine
+                if holders or (not mine and procs.port_listening(s["port"])):
+                    return "port", (
+                        "port %d (%s) is already held by %s, which is not %s; find it with `ss -ltnp "
+                        "'sport = :%d'`"
+                        % (s["port"], s["name"], describe_pids(table, holders), unit_of(spec), s["port"])
+                    )
+        return None
 
     def _already_running(self, spec, children, props):
         table = self.lc._snapshot()

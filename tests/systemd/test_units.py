@@ -103,16 +103,9 @@ def test_health_gate_fails_on_a_500_and_the_unit_is_stopped(scene: UnitScene) ->
 
 
 def test_port_gate_needs_the_port_held_by_the_units_cgroup(scene: UnitScene) -> None:
-    """Someone else holds the port: the unit's own server cannot bind and the gate must fail,
-    naming the holder, which is left alone."""
+    """A unit that never listens fails its port gate; a port someone else holds refuses the start
+    at once, naming the holder, which is left alone."""
     name = scene.name("portless")
-    holder = scene.unit(scene.name("holder"), "--port", "18083")
-    scene.box.run(["systemctl", "start", holder])
-    wait_until(
-        lambda: scene.box.run(["sh", "-c", "ss -ltn | grep -q ':18083 '"], check=False).returncode == 0,
-        20,
-        message="the holder to listen",
-    )
     unit = scene.unit(name, "--delay", "0")
     scene.write_inventory(
         {name: {"manager": "systemd", "unit": unit, "port": 18083, "ready": {"timeout": 3}}}
@@ -120,8 +113,45 @@ def test_port_gate_needs_the_port_held_by_the_units_cgroup(scene: UnitScene) -> 
     with scene.session() as s:
         r = control.start(s, [name]).services[0]
     assert r["outcome"] == "failed" and r["failed_gate"] == "port", r
-    assert "not by this service" in r["detail"]
+    assert "timed out" in r["detail"] and "port 18083: nothing listening" in r["detail"], r
+    assert scene.cgroup_pids(unit) == set()
+
+    holder = scene.unit(scene.name("holder"), "--port", "18083")
+    scene.box.run(["systemctl", "start", holder])
+    wait_until(
+        lambda: scene.box.run(["sh", "-c", "ss -ltn | grep -q ':18083 '"], check=False).returncode == 0,
+        20,
+        message="the holder to listen",
+    )
+    with scene.session() as s:
+        r = control.start(s, [name]).services[0]
+    assert r["outcome"] == "failed" and r["failed_gate"] == "port", r
+    assert f"port 18083 ({name}) is already held by pid" in r["detail"], r
+    assert scene.show(unit, "ActiveState")["ActiveState"] == "inactive"  # not even tried
     assert scene.show(holder, "ActiveState")["ActiveState"] == "active"
+
+
+def test_start_refuses_when_a_copy_runs_outside_the_unit_and_leaves_it_alone(scene: UnitScene) -> None:
+    name = scene.name("twin")
+    unit = scene.unit(name, "--ready", "twin-up")
+    by_hand = scene.unit(scene.name("byhand"), "--ready", "twin-up")  # same program, another cgroup
+    scene.box.run(["systemctl", "start", by_hand])
+    scene.write_inventory(
+        {
+            name: {
+                "manager": "systemd",
+                "unit": unit,
+                "ready": {"log": "twin-up"},
+                "match": f"{scene.dir}/app\\.py",
+            }
+        }
+    )
+    with scene.session() as s:
+        r = control.start(s, [name]).services[0]
+    assert r["outcome"] == "failed" and "already running outside" in r["detail"], r
+    assert "not signalled" in r["detail"]
+    assert scene.show(unit, "ActiveState")["ActiveState"] == "inactive"
+    assert scene.show(by_hand, "ActiveState")["ActiveState"] == "active"
 
 
 def test_status_maps_auto_restart_to_backoff_and_failed_to_fatal(scene: UnitScene) -> None:
