@@ -142,6 +142,10 @@ class Reporter:
                     rows.append([h.name, "local" if h.local else h.ssh or "", h.path, "-", "", ""])
                     continue
                 role = f"child of {s.supervised_by}" if s.supervised_by else (s.cmd or "")
+                if s.is_unit:  # systemd runs it
+                    scope = " --user" if s.scope == "user" else ""
+                    role = f"systemd{scope} {s.unit_name}" + (" (persisted)" if s.persist else "") + (
+                        f": {s.cmd}" if s.cmd else "")
                 gates = [
                     g
                     for g, on in (("log", s.ready.log), ("port", s.ready.port), ("health", s.ready.health))
