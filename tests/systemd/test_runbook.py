@@ -135,7 +135,7 @@ def test_a_system_unit_through_sudo_for_a_sudoer_and_a_clear_error_without_the_r
     if not sdbox.has_sudo:
         import pytest
 
-        problem = "sudo is not installed and its package could not be fetched for the box (apt-get download sudo)"
+        problem = "sudo is not installed and its package could not be fetched (apt-get download sudo)"
         if os.environ.get("CI"):
             pytest.fail(f"CI must not skip tests: {problem}", pytrace=False)
         pytest.skip(problem)
