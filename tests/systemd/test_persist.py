@@ -80,6 +80,7 @@ def test_persist_writes_the_unit_hands_over_and_it_survives_reboots(
 
     status = scene.inv_json("status", code=0)["hosts"][0]["services"][0]
     assert status["state"] == "running" and status["pid"] == main and status["enabled"] == "enabled"
+    invocation = status["invocation_id"]
 
     for clean in (True, False):  # systemctl poweroff, then a power cut (PID 1 killed)
         private_sdbox.reboot(clean=clean)
@@ -89,9 +90,11 @@ def test_persist_writes_the_unit_hands_over_and_it_survives_reboots(
             message=f"{unit} to come back after the reboot",
         )
         back = scene.inv_json("status", code=0)["hosts"][0]["services"][0]
-        assert back["state"] == "running" and back["pid"] not in (None, main), back
+        # a new invocation (the pid may be the same number: every boot is a fresh pid namespace)
+        assert back["state"] == "running" and back["invocation_id"] not in (None, invocation), back
+        assert back["pid"] == int(scene.show(unit, "MainPID")["MainPID"])
         assert back["port_ok"] is True and back["health"]["ok"] is True, back
-        main = back["pid"]
+        invocation = back["invocation_id"]
 
     stop = scene.inv_json("stop", code=0)["hosts"][0]["services"][0]  # managed as the unit now
     assert stop["outcome"] == "stopped" and stop["unit"] == unit, stop
