@@ -77,7 +77,7 @@ def test_runbook_follow_the_journal_streams_new_lines_until_interrupted(
         }
     )
     assert scene.inv_cmd("start").returncode == 0
-    last = scene.inv_cmd("logs", name, "-n", "5")
+    last = scene.inv_cmd("logs", name, "-n", "500")
     assert last.returncode == 0 and "ticker-up" in last.stdout, last.stdout + last.stderr
 
     out_path = tmp_path / "follow.out"
