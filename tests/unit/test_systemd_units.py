@@ -335,3 +335,54 @@ def test_inventory_rejects_bad_unit_keys_naming_the_table(service: dict, message
     with pytest.raises(InventoryError) as err:
         _inv(service)
     assert "services.w" in str(err.value) and message in str(err.value), str(err.value)
+
+
+def _host_with_units():  # type: ignore[no-untyped-def]
+    return parse(
+        {
+            "hosts": {"h": {"ssh": "h", "path": "/srv", "services": ["web", "side", "tool"]}},
+            "services": {
+                "web": {"cmd": "python3 web.py", "persist": True, "restart": "always"},
+                "side": {"manager": "systemd", "scope": "user", "after": ["web"]},
+                "tool": {"cmd": "python3 tool.py"},
+            },
+        },
+        "hosts.toml",
+    ).host("h")
+
+
+def test_deploy_plan_names_the_systemctl_actions() -> None:
+    from ops.deploy import build_plan
+
+    probe = {"checkout": {"path": "/srv", "head": "a" * 40, "dirty": []}, "record": {}, "lock": None}
+    status = [{"name": "web", "state": "running", "pid": 42}, {"name": "tool", "state": "running", "pid": 43}]
+    plan = build_plan(_host_with_units(), None, "b" * 40, probe, status)
+    assert plan["systemctl"] == {
+        "stop": ["systemctl --user stop side.service", "systemctl stop web.service"],
+        "start": [
+            "write web.service from the inventory, daemon-reload, enable",
+            "systemctl start web.service",
+            "systemctl --user start side.service",
+        ],
+    }
+    assert [(s["service"], s["signal"]) for s in plan["would_signal"]] == [
+        ("tool", "TERM"),
+        ("web", "systemctl stop web.service"),
+    ]
+
+
+def test_enable_and_persist_pick_their_services_or_name_the_wrong_one() -> None:
+    from ops.control import unit_services
+    from ops.errors import UsageError
+
+    host = _host_with_units()
+    assert [s.name for s in unit_services(host, None, "enable")] == ["web", "side"]
+    assert [s.name for s in unit_services(host, None, "persist", persist=True)] == ["web", "tool"]
+    with pytest.raises(UsageError) as err:
+        unit_services(host, ["tool"], "enable")
+    assert "service 'tool' is run by the tool, not by systemd: enable applies to systemd units" in str(
+        err.value
+    )
+    with pytest.raises(UsageError) as err:
+        unit_services(host, ["side"], "persist", persist=True)
+    assert "service 'side' is already a systemd unit" in str(err.value)
