@@ -122,14 +122,11 @@ def unit_services(host: Host, names: list[str] | None, what: str, persist: bool 
                 f"`inv enable --service {bad[0].name}` enables it at boot",
             )
         return [s for s in chosen if s not in bad]
-    bad = [s for s in chosen if not s.is_unit]
-    if names and bad:
-        raise UsageError(
-            f"host '{host.name}': service '{bad[0].name}' is run by the tool, not by systemd: {what} "
-            "applies to systemd units",
-            f'set manager = "systemd" in [services.{bad[0].name}], or `inv persist --service {bad[0].name}` '
-            "to make it one")
-    return [s for s in chosen if s not in bad]
+    if names:
+        # a tool-run service named here may have been made a unit by `inv persist` (recorded on
+        # the host): the agent decides, and refuses one that was not
+        return chosen
+    return [s for s in chosen if s.is_unit]
 
 
 def systemctl_action(service: Service, verb: str) -> str:

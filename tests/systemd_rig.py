@@ -301,7 +301,7 @@ class SystemdBox:
             # the machine's own enabled services (its sshd on :22, a database...) stay out of the
             # box: an opaque, empty multi-user.target.wants hides /etc's; units enabled in the box
             # (WantedBy=multi-user.target) land in it and come back at every boot
-            'python3 -c "import os,sys; os.setxattr(sys.argv[1], \'trusted.overlay.opaque\', b\'y\')" '
+            "python3 -c \"import os,sys; os.setxattr(sys.argv[1], 'trusted.overlay.opaque', b'y')\" "
             '"$1/upper/etc/systemd/system/multi-user.target.wants"; '
             "echo ready; exec sleep 2147483647"
         )

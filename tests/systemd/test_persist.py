@@ -61,6 +61,8 @@ def test_persist_writes_the_unit_hands_over_and_it_survives_reboots(
 
     started = scene.inv_json("start", code=0)["hosts"][0]["services"][0]
     tool_pid = started["pid"]
+    refused = scene.inv_json("enable", "--service", name, code=1)["hosts"][0]["services"][0]
+    assert "is run by the tool, not by systemd" in refused["detail"] and "inv persist" in refused["detail"]
     assert scene.show(f"{name}.service", "LoadState")["LoadState"] == "not-found"  # run by the tool
 
     moved = scene.inv_json("persist", code=0)["hosts"][0]["services"][0]
@@ -77,6 +79,13 @@ def test_persist_writes_the_unit_hands_over_and_it_survives_reboots(
     argv = private_sdbox.run(["cat", f"/proc/{main}/cmdline"]).stdout
     environ = private_sdbox.run(["cat", f"/proc/{main}/environ"]).stdout
     assert scene.token not in argv and f"APP_TOKEN={scene.token}" in environ  # EnvironmentFile=, not argv
+
+    # from now on the host knows it as the unit: disable / enable work on it by name
+    off = scene.inv_json("disable", "--service", name, code=0)["hosts"][0]["services"][0]
+    assert off["outcome"] == "disabled" and off["enabled"] == "disabled", off
+    assert (
+        scene.inv_json("enable", "--service", name, code=0)["hosts"][0]["services"][0]["enabled"] == "enabled"
+    )
 
     status = scene.inv_json("status", code=0)["hosts"][0]["services"][0]
     assert status["state"] == "running" and status["pid"] == main and status["enabled"] == "enabled"
