@@ -36,6 +36,7 @@ import random
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -301,9 +302,12 @@ class SystemdBox:
             # the machine's own enabled services (its sshd on :22, a database...) stay out of the
             # box: an opaque, empty multi-user.target.wants hides /etc's; units enabled in the box
             # (WantedBy=multi-user.target) land in it and come back at every boot
-            "python3 -c \"import os,sys; os.setxattr(sys.argv[1], 'trusted.overlay.opaque', b'y')\" "
+            "\"$3\" -c \"import os,sys; os.setxattr(sys.argv[1], 'trusted.overlay.opaque', b'y')\" "
             '"$1/upper/etc/systemd/system/multi-user.target.wants"; '
-            "echo ready; exec sleep 2147483647"
+            # the keeper names its owner (this test process: pid and start time), its cgroups and
+            # its veth, so a later run can reap a box whose owner was killed before its teardown
+            'echo ready; exec "$3" -c "import time\nwhile True: time.sleep(3600)" '
+            'ops-sdbox-keeper "$4" "$5" "$6"'
         )
         self.keeper = subprocess.Popen(
             [
@@ -320,6 +324,10 @@ class SystemdBox:
                 "keeper",
                 str(self.mnt),
                 str(self.seed),
+                sys.executable,
+                _owner_mark(os.getpid()),
+                str(self.cgroup_base),
+                self.veth,
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -418,6 +426,7 @@ class SystemdBox:
 
     def boot(self, timeout: float = 90.0) -> SystemdBox:
         """Write the seed, start the keeper and boot systemd; wait until it runs and sshd answers."""
+        reap_stale_boxes()
         try:
             self._write_seed()
             self._start_keeper()
@@ -567,9 +576,59 @@ class SystemdBox:
         return f"SystemdBox(pid1={self.pid1}, addr={self.addr}, boots={self.boots})"
 
 
+def _owner_mark(pid: int) -> str:
+    """pid:starttime of a process (the start time tells a reused pid apart), or "" if gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return f"{pid}:{raw[raw.rindex(')') + 2 :].split()[19]}"
+
+
+def reap_stale_boxes() -> list[int]:
+    """Tear down boxes whose owner died without its teardown (a killed test run): kill every
+    process of their cgroups (PID 1 first: its pid namespace goes with it), then the keeper
+    (mounts and network namespace go with it); remove the cgroups and the veth. Returns the
+    keepers' pids. A box whose owner still runs is left alone."""
+    reaped = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"ops-sdbox-keeper" not in argv:
+            continue
+        rest = [a.decode(errors="replace") for a in argv[argv.index(b"ops-sdbox-keeper") + 1 :]]
+        if len(rest) < 3:
+            continue
+        owner, cgroup_base, veth = rest[0], Path(rest[1]), rest[2]
+        if owner and owner.split(":")[0].isdigit() and _owner_mark(int(owner.split(":")[0])) == owner:
+            continue  # its test run is alive
+        for dirpath, _dirs, files in os.walk(cgroup_base):
+            if "cgroup.procs" in files:
+                with contextlib.suppress(OSError, ValueError):
+                    for pid in Path(dirpath, "cgroup.procs").read_text().split():
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(int(pid), signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(entry), signal.SIGKILL)
+        with contextlib.suppress(TimeoutError):
+            wait_until(lambda e=int(entry): not pid_alive(e), 10, message="a stale keeper to die")
+        box = SystemdBox.__new__(SystemdBox)
+        box.cgroup_base = cgroup_base
+        box._remove_cgroups(10.0)
+        with contextlib.suppress(OSError):
+            cgroup_base.rmdir()
+        subprocess.run(["ip", "link", "del", veth], capture_output=True, check=False)
+        reaped.append(int(entry))
+    return reaped
+
+
 def boot_box(workdir: Path, timeout: float = 90.0) -> SystemdBox:
     """A booted ``SystemdBox`` in ``workdir``; call ``.close()``."""
     return SystemdBox(workdir).boot(timeout)
 
 
-__all__ = ["SystemdBox", "boot_box", "systemd_box_unavailable"]
+__all__ = ["SystemdBox", "boot_box", "reap_stale_boxes", "systemd_box_unavailable"]

@@ -79,3 +79,44 @@ def test_box_reboots_on_the_same_disk_and_tears_down(tmp_path: Path) -> None:
     assert veth not in route  # (this machine's default route accepts any TCP connection)
     assert not cgroup.exists()
     assert not Path(f"/sys/class/net/{veth}").exists()
+
+
+def test_a_box_whose_test_run_was_killed_is_reaped_by_the_next_boot(tmp_path: Path) -> None:
+    """A test run killed before its teardown leaves its box behind; the next boot reaps it (and
+    leaves a box whose owner still runs alone)."""
+    import json
+    import sys
+
+    from tests.harness import wait_until
+    from tests.systemd.conftest import require_box
+    from tests.systemd_rig import reap_stale_boxes
+
+    require_box()
+    info = tmp_path / "info.json"
+    script = (
+        "import json, os, sys\n"
+        "from pathlib import Path\n"
+        "from tests.systemd_rig import SystemdBox\n"
+        "b = SystemdBox(Path(sys.argv[1])).boot()\n"
+        "Path(sys.argv[2]).write_text(json.dumps({'pid1': b.pid1, 'keeper': b.keeper.pid, 'veth': b.veth,"
+        " 'cgroup': str(b.cgroup_base)}))\n"
+        "os._exit(0)  # no teardown: as if the run was killed\n"
+    )
+    repo = Path(__file__).resolve().parents[2]
+    subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "orphan"), str(info)],
+        cwd=repo,
+        check=True,
+        timeout=120,
+        env=dict(os.environ, PYTHONPATH=str(repo)),
+    )
+    left = json.loads(info.read_text())
+    assert pid_alive(left["pid1"]) and pid_alive(left["keeper"])
+    assert left["keeper"] in reap_stale_boxes()
+    wait_until(
+        lambda: not pid_alive(left["pid1"]) and not pid_alive(left["keeper"]),
+        20,
+        message="the stale box to die",
+    )
+    assert not Path(left["cgroup"]).exists()
+    assert not Path(f"/sys/class/net/{left['veth']}").exists()
