@@ -206,3 +206,45 @@ def test_a_unit_service_on_a_host_without_systemd_is_a_clear_error(tmp_path: Pat
         timeout=120,
     )
     assert st.returncode == 0 and " unknown " in st.stdout and "does not run systemd" in st.stdout, st.stdout
+
+
+def test_persist_as_a_sudoer_writes_a_system_unit_that_runs_as_that_user(
+    sdbox: SystemdBox, tmp_path: Path
+) -> None:
+    if not sdbox.has_sudo:
+        pytest.skip("no sudo in the box")
+    scene = UnitScene(sdbox, tmp_path, alias="sdbox-admin")
+    name = tool_service(scene, 18103, persist=True)
+    unit = f"{name}.service"
+    scene.units.append(unit)
+    try:
+        r = scene.inv_json("start", code=0)["hosts"][0]["services"][0]
+        assert r["outcome"] == "started", r
+        text = sdbox.run(["cat", f"/etc/systemd/system/{unit}"]).stdout
+        assert "\nUser=opsadmin\n" in text
+        assert sdbox.run(["stat", "-c", "%U", f"/proc/{r['pid']}"]).stdout.strip() == "opsadmin"
+        assert scene.show(unit, "UnitFileState")["UnitFileState"] == "enabled"
+    finally:
+        scene.cleanup()
+
+
+def test_persist_true_with_user_scope_writes_a_user_unit(sdbox: SystemdBox, tmp_path: Path) -> None:
+    scene = UnitScene(sdbox, tmp_path, alias="sdbox-user")
+    name = tool_service(scene, 18104, persist=True, scope="user")
+    unit = f"{name}.service"
+    try:
+        r = scene.inv_json("start", code=0)["hosts"][0]["services"][0]
+        assert r["outcome"] == "started", r
+        path = f"/home/opsuser/.config/systemd/user/{unit}"
+        assert "WantedBy=default.target" in sdbox.run(["cat", path]).stdout
+        assert sdbox.run(["stat", "-c", "%U", f"/proc/{r['pid']}"]).stdout.strip() == "opsuser"
+        enabled = scene.box.ssh(
+            "sdbox-user", f"XDG_RUNTIME_DIR=/run/user/$(id -u) systemctl --user is-enabled {unit}"
+        ).stdout.strip()
+        assert enabled == "enabled"
+        assert scene.inv_json("stop", code=0)["hosts"][0]["services"][0]["outcome"] == "stopped"
+    finally:
+        scene.box.ssh(
+            "sdbox-user", f"XDG_RUNTIME_DIR=/run/user/$(id -u) systemctl --user disable --now {unit}"
+        )
+        scene.cleanup()

@@ -227,4 +227,4 @@ def test_a_user_unit_of_a_plain_user_without_sudo(sdbox, tmp_path) -> None:  # t
         assert owner == "opsuser"
         assert scene.inv_json("stop", code=0)["hosts"][0]["services"][0]["outcome"] == "stopped"
     finally:
-        scene.box.ssh("sdbox-user", f"systemctl --user stop {unit}")
+        scene.box.ssh("sdbox-user", f"XDG_RUNTIME_DIR=/run/user/$(id -u) systemctl --user stop {unit}")

@@ -129,7 +129,7 @@ class UnitScene:
         )
         self.box.write(f"{self.home}/.config/systemd/user/{unit}", text)
         self.box.run(["chown", "-R", self.user, f"{self.home}/.config"])
-        self.box.ssh(self.alias, "systemctl --user daemon-reload")
+        self.box.ssh(self.alias, "XDG_RUNTIME_DIR=/run/user/$(id -u) systemctl --user daemon-reload")
         return unit
 
     def write_inventory(self, services: dict[str, dict[str, Any]], **host: Any) -> inventory.Inventory:
