@@ -101,3 +101,26 @@ def test_verify_restart_refuses_a_unit_with_restart_no_and_fails_when_it_does_no
     wait_until(lambda: scene.show(unit2, "ActiveState")["ActiveState"] == "active", 20)
     late = check(scene.inv_json("verify.restart", name2, "--timeout", "3", code=1), "restart")
     assert late["new_pid"] is not None and "port: port 18095: nothing listening" in late["detail"], late
+
+
+def test_a_unit_that_supervises_a_child_service(scene: UnitScene) -> None:
+    """children = [...] of a unit: the start waits for the child under the unit's main process,
+    status and verify.tree find it there."""
+    daemon, worker = scene.name("daemon"), scene.name("worker")
+    unit = scene.unit(daemon, "--spawn", "1", "--ready", "daemon-up")
+    scene.write_inventory(
+        {
+            daemon: {"manager": "systemd", "unit": unit, "ready": {"log": "daemon-up"}, "children": [worker]},
+            worker: {"match": f"{scene.dir}/app\\.py --child"},
+        }
+    )
+    started = scene.inv_json("start", code=0)["hosts"][0]["services"]
+    top = [r for r in started if r["name"] == daemon][0]
+    assert sorted(g["name"] for g in top["gates"]) == sorted([f"{worker}: child", "log"]), top
+    child_pid = [p for p in scene.cgroup_pids(unit) if p != int(scene.show(unit, "MainPID")["MainPID"])][0]
+    status = {s["name"]: s for s in scene.inv_json("status", code=0)["hosts"][0]["services"]}
+    assert status[worker]["state"] == "running" and status[worker]["pid"] == child_pid, status[worker]
+    tree = check(scene.inv_json("verify.tree", worker, code=0), "tree")
+    assert tree["pid"] == child_pid, tree
+    assert scene.inv_json("stop", code=0)["hosts"][0]["ok"]
+    assert scene.cgroup_pids(unit) == set()
