@@ -138,6 +138,64 @@ def restart(session: HostSession, names: list[str] | None = None, on_event=None)
     )
 
 
+def unit_services(host: Host, names: list[str] | None, what: str, persist: bool = False) -> list[Service]:
+    """The selected services `inv enable/disable` (units) or `inv persist` (tool-run, with a cmd)
+    act on; a UsageError naming the service otherwise. Pure."""
+    from ops.errors import UsageError
+    from ops.inventory import select_services
+
+    chosen = [s for s in select_services(host, names) if not s.supervised]
+    if persist:
+        bad = [s for s in chosen if s.manager == "systemd" or s.cmd is None]
+        if names and bad:
+            raise UsageError(
+                f"host '{host.name}': service '{bad[0].name}' is already a systemd unit; {what} writes a "
+                "unit for a service the tool runs",
+                f"`inv enable --service {bad[0].name}` enables it at boot",
+            )
+        return [s for s in chosen if s not in bad]
+    if names:
+        # a tool-run service named here may have been made a unit by `inv persist` (recorded on
+        # the host): the agent decides, and refuses one that was not
+        return chosen
+    return [s for s in chosen if s.is_unit]
+
+
+def systemctl_action(service: Service, verb: str) -> str:
+    """What a phase does to a unit service, in systemctl's words (for plans). Pure."""
+    scope = " --user" if service.scope == "user" else ""
+    return f"systemctl{scope} {verb} {service.unit_name}"
+
+
+def enable(session: HostSession, names: list[str] | None = None, on_event=None, now: bool = False,
+           on: bool = True) -> PhaseResult:
+    """`systemctl enable` (start at boot) the unit services; with now, start them too (gates)."""
+    phase = "enable" if on else "disable"
+    services = unit_services(session.host, names, phase)
+    args = {**session.service_args(services), "enable": on, "now": now, "phase": phase}
+    timeout = (start_timeout(services) if on else stop_timeout(services)) if now else MARGIN * 2
+    data = session.call("unit_enable", args, on_event=on_event, timeout=timeout)
+    return PhaseResult(session.host.name, phase, data["ok"], data["services"])
+
+
+def disable(
+    session: HostSession, names: list[str] | None = None, on_event=None, now: bool = False
+) -> PhaseResult:
+    return enable(session, names, on_event, now=now, on=False)
+
+
+def persist(session: HostSession, names: list[str] | None = None, on_event=None,
+            dry_run: bool = False) -> PhaseResult:
+    """Write a unit for each tool-run service, daemon-reload, enable it; from then on systemd runs
+    it (a running tool-run process is handed over: stopped, then the unit started with gates).
+    dry_run: the unit files as they would be written, nothing changed."""
+    services = unit_services(session.host, names, "persist", persist=True)
+    args = {**session.service_args(services), "dry_run": dry_run, "phase": "persist"}
+    timeout = start_timeout(services) + stop_timeout(services)
+    data = session.call("unit_persist", args, on_event=on_event, timeout=timeout)
+    return PhaseResult(session.host.name, "persist", data["ok"], data["services"])
+
+
 def _log_args(session: HostSession, service: Service) -> dict[str, Any]:
     """Where the log is, and the specs whose secrets the agent redacts from its lines."""
     return {
@@ -148,8 +206,16 @@ def _log_args(session: HostSession, service: Service) -> dict[str, Any]:
     }
 
 
+def _journal(service: Service) -> bool:
+    """A unit without a `log` key writes to its journal (a persisted one appends to its log file)."""
+    return service.manager == "systemd" and not service.log_declared
+
+
 def logs(session: HostSession, service: Service, lines: int) -> dict[str, Any]:
-    """The last lines of a service's log; the agent redacts the host's secrets from them."""
+    """The last lines of a service's log (a unit's journal); the agent redacts the host's secrets."""
+    if _journal(service):
+        return session.call("unit_logs", {**_log_args(session, service), "host": session.host_args(),
+                                          "lines": lines})
     return session.call("logs", {**_log_args(session, service), "lines": lines})
 
 
@@ -158,6 +224,13 @@ def follow(session: HostSession, service: Service, on_line, seconds: float | Non
         if event.get("event") == "line":
             on_line(event["line"])
 
+    if _journal(service):
+        return session.call(
+            "unit_logs",
+            {**_log_args(session, service), "host": session.host_args(), "follow": True, "seconds": seconds},
+            on_event=handler,
+            timeout=(seconds + MARGIN) if seconds else 10 * 365 * 86400.0,
+        )
     return session.call(
         "follow",
         {**_log_args(session, service), "seconds": seconds},

@@ -357,7 +357,8 @@ def build_plan(host: Host, source: Source | None, target: str | None, probe: dic
         st = running.get(s.name) or {}
         if st.get("state") == "running" and st.get("pid"):
             signalled.append({"service": s.name, "pid": st["pid"], "signal":
-                              "(stopped with its supervisor)" if s.supervised else s.stop_signal})
+                              "(stopped with its supervisor)" if s.supervised
+                              else control.systemctl_action(s, "stop") if s.is_unit else s.stop_signal})
     return {
         "host": host.name,
         "source": host.source,
@@ -373,6 +374,13 @@ def build_plan(host: Host, source: Source | None, target: str | None, probe: dic
                                             ("health", s.ready.health)) if on] for s in start},
         "running": {k: {"state": v["state"], "pid": v["pid"]} for k, v in running.items()},
         "would_signal": signalled,
+        # unit services are stopped and started by systemd (a persisted one's unit is (re)written first)
+        "systemctl": {
+            "stop": [control.systemctl_action(s, "stop") for s in control.stop_order(start) if s.is_unit],
+            "start": [a for s in start if s.is_unit for a in (
+                ([f"write {s.unit_name} from the inventory, daemon-reload, enable"] if s.persist else [])
+                + [control.systemctl_action(s, "start")])],
+        },
     }
 
 

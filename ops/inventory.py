@@ -105,10 +105,24 @@ class Service:
     # it (absolute paths), anchored at both ends (ops/agent/ownership.py)
     match_default: bool = False
     match_overlaps: tuple[str, ...] = ()  # services whose command lines `match` may match on purpose
+    manager: str = "tool"  # "tool" | "systemd" (systemd runs it; `persist` makes the tool write the unit)
+    unit: str | None = None  # the systemd unit (default NAME.service) when manager = "systemd" or persist
+    scope: str = "system"  # "system" | "user" (systemctl --user)
+    persist: bool = False  # the tool writes a unit from this table, enables it and manages it as a unit
+    log_declared: bool = True  # False: no `log` key (a unit's lines are then read from its journal)
 
     @property
     def supervised(self) -> bool:
         return self.supervised_by is not None
+
+    @property
+    def is_unit(self) -> bool:
+        """systemd runs it (manager = "systemd", or persisted by the tool)."""
+        return self.manager == "systemd" or self.persist
+
+    @property
+    def unit_name(self) -> str:
+        return self.unit or f"{self.name}.service"
 
     def to_agent(self) -> dict[str, Any]:
         """The plain-data spec the on-host agent works from (no secrets: files are read there)."""
@@ -144,6 +158,11 @@ class Service:
             "stop_signal": self.stop_signal,
             "heartbeat": heartbeat,
             "max_instances": self.max_instances,
+            "manager": self.manager,
+            "unit": self.unit_name,
+            "scope": self.scope,
+            "persist": self.persist,
+            "journal": self.manager == "systemd" and not self.log_declared,
             "restart": {
                 "policy": self.restart.policy,
                 "backoff": self.restart.backoff,
@@ -306,7 +325,15 @@ SERVICE_KEYS: dict[str, Checker] = {
     "max_restarts": _is_int,
     "checks": _is_str_list,
     "match_overlaps": _is_str_list,
+    "manager": _is_str,
+    "unit": _is_str,
+    "scope": _is_str,
+    "persist": _is_bool,
 }
+MANAGERS = ("tool", "systemd")  # who runs a service: the tool itself, or a systemd unit
+UNIT_SCOPES = ("system", "user")
+_UNIT_RE = re.compile(r"^[A-Za-z0-9:_.\\@-]+\.service$")
+NEVER_MATCHES = "(?!)"  # the pattern of a unit service that declares neither cmd nor match
 # `checks` values: the verification steps of ops/verify.py ("restart" kills the child: opt-in only).
 VERIFY_CHECKS = ("tree", "restart", "health", "heartbeat", "instances", "orphans")
 READY_KEYS: dict[str, Checker] = {
@@ -700,6 +727,7 @@ def _check_service_table(ctx: _Ctx, where: str, table: Mapping[str, Any], partia
         raise ctx.fail(where, f"key 'stop_signal' is not one of {', '.join(SIGNALS)}")
     if "restart" in table and table["restart"] not in ("no", "on-failure", "always"):
         raise ctx.fail(where, 'key \'restart\' must be "no", "on-failure" or "always"')
+    _check_unit_keys(ctx, where, table)
     _check_timeouts(ctx, where, table, ("stop_timeout",))
     if table.get("max_restarts", 0) < 0:
         raise ctx.fail(where, f"key 'max_restarts' must be 0 or more, got {table['max_restarts']}")
@@ -718,6 +746,34 @@ def _health_list(value: Any) -> list[Mapping[str, Any]]:
     if value is None:
         return []
     return list(value) if isinstance(value, list) else [value]
+
+
+def _check_unit_keys(ctx: _Ctx, where: str, table: Mapping[str, Any]) -> None:
+    """manager / unit / scope / persist: systemd units (ops/agent/systemd.py)."""
+    manager = table.get("manager", "tool")
+    if manager not in MANAGERS:
+        raise ctx.fail(where, f"key 'manager' must be \"tool\" or \"systemd\", got {manager!r}")
+    if "scope" in table and table["scope"] not in UNIT_SCOPES:
+        raise ctx.fail(where, f"key 'scope' must be \"system\" or \"user\", got {table['scope']!r}")
+    if "unit" in table and not _UNIT_RE.match(table["unit"]):
+        raise ctx.fail(where, f"key 'unit' must name a service unit (like \"worker.service\"), "
+                       f"got {table['unit']!r}")
+    is_unit = manager == "systemd" or table.get("persist", False)
+    for key in ("unit", "scope"):
+        if key in table and not is_unit:
+            raise ctx.fail(where, f"key '{key}' applies to systemd units only",
+                           'set manager = "systemd" (systemd runs it) or persist = true (the tool writes '
+                           "the unit)")
+    if manager == "systemd" and table.get("persist"):
+        raise ctx.fail(where, 'has both manager = "systemd" and persist = true',
+                       "persist writes a unit for a service the tool runs; a systemd service has its unit")
+    if manager == "systemd":
+        for key in ("restart", "backoff", "backoff_max", "stable_after", "breaker", "min_uptime", "heartbeat",
+                    "supervised_by"):
+            if key in table:
+                raise ctx.fail(where, f"key '{key}' does not apply to manager = \"systemd\"",
+                               "systemd runs it: restart policy, limits and supervision are in the unit "
+                               "(Restart=, RestartSec=, StartLimitBurst=)")
 
 
 def _check_required(ctx: _Ctx, where: str, table: Mapping[str, Any]) -> None:
@@ -1024,7 +1080,10 @@ def _build_service(
         return _substitute(ctx, origin(key), key, value, ports, variables, name, regex)
 
     cmd = sub("cmd", t["cmd"]) if "cmd" in t else None
-    if supervised_by is None and cmd is None:
+    if t.get("persist") and cmd is None:
+        raise ctx.fail(where, "key 'persist' is true but there is no 'cmd' to write the unit from",
+                       "give cmd, or use manager = \"systemd\" for a unit that exists already")
+    if supervised_by is None and cmd is None and t.get("manager") != "systemd":
         raise ctx.fail(
             where,
             "missing key 'cmd'",
@@ -1040,6 +1099,8 @@ def _build_service(
     cwd = sub("cwd", t["cwd"]) if "cwd" in t else variables["path"]
     if "match" in t:
         match = ctx.regex(origin("match"), "match", sub("match", t["match"], regex=True))
+    elif cmd is None and t.get("manager") == "systemd":
+        match = NEVER_MATCHES  # its processes are its cgroup's; no pattern to look for elsewhere
     elif cmd is not None:
         # the command line as the process shows it: argv joined by single spaces (quotes gone),
         # relative paths resolved under its cwd, anchored at both ends. The agent recomputes it
@@ -1133,6 +1194,11 @@ def _build_service(
                         if restart.policy != "no" else None),
         match_default=match_default,
         match_overlaps=tuple(t.get("match_overlaps", [])),
+        manager=t.get("manager", "tool"),
+        unit=t.get("unit"),
+        scope=t.get("scope", "system"),
+        persist=bool(t.get("persist", False)),
+        log_declared="log" in t,
     )
 
 
@@ -1147,7 +1213,10 @@ def _verify_checks(
     """`checks = [...]`: known names, each backed by what it checks (a supervisor, a health...)."""
     checks = tuple(t.get("checks", ()))
     needs = {
-        "restart": (supervised_by, "supervisor (supervised_by, or a supervisor's children = [...])"),
+        "restart": (
+            supervised_by or (t.get("manager") == "systemd" or t.get("persist")) or None,
+            "supervisor (supervised_by, or a supervisor's children = [...], or a systemd unit)",
+        ),
         "health": (health, "health check (health = {...})"),
         "heartbeat": (heartbeat, "heartbeat (heartbeat = {...})"),
         "instances": (t.get("max_instances"), "max_instances"),

@@ -142,6 +142,10 @@ class Reporter:
                     rows.append([h.name, "local" if h.local else h.ssh or "", h.path, "-", "", ""])
                     continue
                 role = f"child of {s.supervised_by}" if s.supervised_by else (s.cmd or "")
+                if s.is_unit:  # systemd runs it
+                    scope = " --user" if s.scope == "user" else ""
+                    role = f"systemd{scope} {s.unit_name}" + (" (persisted)" if s.persist else "") + (
+                        f": {s.cmd}" if s.cmd else "")
                 gates = [
                     g
                     for g, on in (("log", s.ready.log), ("port", s.ready.port), ("health", s.ready.health))
@@ -184,9 +188,12 @@ class Reporter:
             )
             return
         rows, styles = [], []
+        # systemd unit services add a column: whether systemd starts them at boot
+        boot = any("enabled" in s for o in outcomes if o.ok for s in o.value)
         for o in outcomes:
             if not o.ok:
-                rows.append([o.host, "-", "unreachable", "-", "-", "-", "-", o.error.message])
+                rows.append([o.host, "-", "unreachable", "-", "-", "-", "-", o.error.message]
+                            + (["-"] if boot else []))
                 styles.append("red")
                 continue
             for s in o.value:
@@ -219,11 +226,13 @@ class Reporter:
                         health,
                         detail,
                     ]
+                    + ([s.get("enabled") or "-"] if boot else [])
                 )
                 styles.append(STATE_STYLE.get(s["state"]))
         self._table(
             None,
-            ["host", "service", "state", "pid", "uptime", "port", "health", "detail"],
+            ["host", "service", "state", "pid", "uptime", "port", "health", "detail"]
+            + (["boot"] if boot else []),
             rows,
             styles if self.fmt == "rich" else None,
         )
@@ -307,6 +316,19 @@ class Reporter:
                         for ln in lines:
                             self.line(f"  | {ln}")
 
+    def unit_files(self, outcomes) -> None:
+        """`inv persist --dry-run`: each unit file as it would be written (plain text, not JSON)."""
+        if self.fmt == "json":
+            return
+        for o in outcomes:
+            if not o.ok:
+                continue
+            for r in o.value.services:
+                if r.get("unit_text"):
+                    self.line(f"# {o.host}: {r.get('path')}", "bold")
+                    for ln in r["unit_text"].splitlines():
+                        print(ln, file=self.out)
+
     # --- logs ----------------------------------------------------------------------------
 
     def log_lines(self, host: str, service: str, data: dict[str, Any]) -> None:
@@ -382,8 +404,12 @@ def deploy_plan(rep: Reporter, plan: dict) -> None:
     rep.line(f"  3. stop (in order): {', '.join(plan['stop']) or '-'}")
     for s in plan["would_signal"]:
         rep.line(f"       would signal {s['service']} pid {s['pid']}: {s['signal']}")
+    for action in (plan.get("systemctl") or {}).get("stop", []):
+        rep.line(f"       systemd: {action}")
     gates = "; ".join(f"{k} [{', '.join(v) or 'no gates'}]" for k, v in plan["gates"].items())
     rep.line(f"  4. start (in order): {gates or '-'}")
+    for action in (plan.get("systemctl") or {}).get("start", []):
+        rep.line(f"       systemd: {action}")
     rep.line("  5. verify; on failure roll back to the previous commit")
     running = ", ".join(f"{k}={v['state']}" + (f"({v['pid']})" if v["pid"] else "")
                         for k, v in plan["running"].items())

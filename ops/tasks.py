@@ -199,8 +199,65 @@ def logs(c, service, host=None, n="50", follow=False, json=False):
             control.follow(session, svc, rep.follow_line)
 
 
+UNIT_HELP = {**PHASE_HELP, "now": "also start (enable) / stop (disable) it now, with the same gates"}
+
+
+def _unit_phase(phase: str, host: str | None, service: list[str] | None, as_json: bool, **opts: Any) -> None:
+    """enable / disable / persist: like start/stop, one agent call per host."""
+    from ops import control
+    from ops.inventory import resolve_hosts
+    from ops.report import Reporter, choose_format
+    from ops.session import on_hosts
+
+    inv = _inventory()
+    targets = resolve_hosts(inv, host)
+    names = _names(service)
+    picked = [s for h in targets for s in control.unit_services(h, names, phase, persist=phase == "persist")]
+    if not picked:
+        from ops.errors import UsageError
+
+        raise UsageError(f"{phase}: no service to act on on {', '.join(h.name for h in targets)}",
+                         'declare manager = "systemd" (or name a tool-run service for persist)')
+    rep = Reporter(choose_format(as_json))
+
+    def run(session):
+        def on_event(event: dict[str, Any]) -> None:
+            if event.get("event") == "service":
+                rep.service_event(session.host.name, event["result"], event["phase"])
+
+        return getattr(control, phase)(session, names, on_event=on_event, **opts)
+
+    outcomes = on_hosts(inv, targets, run)
+    rep.phase(phase, outcomes)
+    if opts.get("dry_run"):
+        rep.unit_files(outcomes)
+    _exit_for(outcomes, lambda o: o.value.ok)
+
+
+@task(auto_shortflags=False, iterable=["service"], help=UNIT_HELP)
+@errors_to_exit
+def enable(c, host=None, service=None, now=False, json=False):
+    """Start systemd unit services at boot (systemctl enable); --now also starts them with gates."""
+    _unit_phase("enable", host, service, json, now=now)
+
+
+@task(auto_shortflags=False, iterable=["service"], help=UNIT_HELP)
+@errors_to_exit
+def disable(c, host=None, service=None, now=False, json=False):
+    """Do not start systemd unit services at boot (systemctl disable); --now also stops them."""
+    _unit_phase("disable", host, service, json, now=now)
+
+
+@task(auto_shortflags=False, iterable=["service"],
+      help={**PHASE_HELP, "dry-run": "print the unit files that would be written; change nothing"})
+@errors_to_exit
+def persist(c, host=None, service=None, dry_run=False, json=False):
+    """Write a systemd unit for tool-run services, enable it: they come back after a reboot."""
+    _unit_phase("persist", host, service, json, dry_run=dry_run)
+
+
 ns = Collection()
-for t in (hosts, status, start, stop, restart, logs):
+for t in (hosts, status, start, stop, restart, logs, enable, disable, persist):
     ns.add_task(t)
 
 

@@ -96,7 +96,7 @@ def signal_name(text: str) -> str:
 def restart_service(host: Host, name: str) -> Service:
     """The supervised service to kill; a service nothing would restart is refused, not killed."""
     svc = select_services(host, [name])[0]
-    if svc.supervised_by is None and svc.restart.policy == "no":
+    if svc.supervised_by is None and svc.restart.policy == "no" and not svc.is_unit:
         children = [s.name for s in host.services if s.supervised_by or s.restart.policy != "no"]
         raise UsageError(
             f"host '{host.name}': service '{name}' has no supervisor (no supervised_by, no restart "

@@ -689,7 +689,7 @@ class Checks:
             table = self._snapshot()
             sample = {
                 "t": round(self.clock() - t0, 2),
-                "counts": dict((s["name"], len(instances(table, self._owned(s, table)[0]))) for s in specs),
+                "counts": dict((s["name"], self._count(s, table)) for s in specs),
                 "mem_available": procs.mem_available_bytes(),
             }
             samples.append(sample)
@@ -705,12 +705,25 @@ class Checks:
                 c["detail"] += " (watch stopped early, at t=%.1fs of %gs)" % (samples[-1]["t"], seconds)
         return {"checks": checks, "samples": samples}
 
+    def _count(self, spec, table):
+        unit = self.lc._unit_spec(spec)
+        if unit is not None:
+            return self.lc._units().count(unit, table)
+        return len(instances(table, self._owned(spec, table)[0]))
+
     # --- steps -------------------------------------------------------------------------
 
     def step(self, step, table=None):
         """One step of a plan: {"check": NAME, "service": SERVICE, ...options} -> one check."""
         spec = self.all_specs[step["service"]]
         kind = step["check"]
+        unit = self.lc._unit_spec(spec) if kind in ("tree", "restart", "orphans") else None
+        if unit is not None:  # systemd runs it: its cgroup is the evidence (ops/agent/systemd.py)
+            units = self.lc._units()
+            if kind == "restart":
+                timeout = float(step.get("timeout") or 30.0)
+                return units.check_restart(self, unit, step.get("signal") or "KILL", timeout)
+            return getattr(units, "check_" + kind)(self, unit)
         if kind == "tree":
             return self.tree(spec)
         if kind == "restart":

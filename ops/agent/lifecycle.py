@@ -76,9 +76,6 @@ class Lifecycle:
         self._reap()
         return procs.snapshot()
 
-    def _pgrep(self, table, pattern):
-        return procs.pgrep(table, pattern, exclude=self.protected)
-
     def prepare(self, specs, all_specs):
         """Fill in what only the host knows: a service whose pattern is the default gets the
         pattern of its resolved command line (absolute paths, anchored at both ends)."""
@@ -121,6 +118,12 @@ class Lifecycle:
             start_id=start_id,
         )
 
+    def owned_matches(self, spec, table, all_specs=None):
+        """The processes matching spec's pattern that are provably its own (ownership.py): what
+        escaped an exact evidence (a cgroup, a tree) is still judged by user and checkout."""
+        dom = self.domain(self.top_of(spec, all_specs or {}), table)
+        return [p for p, _ in dom.classify(spec["match"])[0]]
+
     def _log_path(self, spec):
         return expand(spec["log"], self.checkout)
 
@@ -146,6 +149,9 @@ class Lifecycle:
 
     def live_pid(self, spec, state=None):
         """(pid or None, note). The recorded pid, only if it is still the same process."""
+        unit = self._unit_spec(spec)
+        if unit is not None:  # systemd's MainPID (its children hang under it)
+            return self._units().main_pid(unit)
         state = self.store.load(spec["name"]) if state is None else state
         if not state or not state.get("pid"):
             return None, None
@@ -159,6 +165,19 @@ class Lifecycle:
                 other.cmdline[:80],
             )
         return None, None
+
+    # --- systemd units: ops/agent/systemd.py ----------------------------------------------
+
+    def _unit_spec(self, spec):
+        """The spec if systemd runs this service (manager = "systemd", persist), else None."""
+        from . import systemd
+
+        return systemd.unit_spec(spec, self.store)
+
+    def _units(self):
+        from . import systemd
+
+        return systemd.Units(self)
 
     # --- status ----------------------------------------------------------------------------
 
@@ -177,6 +196,9 @@ class Lifecycle:
         return out
 
     def _status_one(self, spec, all_specs, table, health, dom):
+        unit = self._unit_spec(spec)
+        if unit is not None:
+            return self._units().status_one(unit, table, health)
         name = spec["name"]
         out = {
             "name": name,
@@ -309,7 +331,10 @@ class Lifecycle:
                     {"name": spec["name"], "outcome": "skipped", "detail": "not started: %s failed" % failed}
                 )
                 continue
-            if spec.get("supervised_by"):
+            unit = self._unit_spec(spec)
+            if unit is not None:
+                r = self._units().start_one(unit, [all_specs[c] for c in spec.get("children") or []])
+            elif spec.get("supervised_by"):
                 r = self._check_supervised(spec, all_specs[spec["supervised_by"]])
             else:
                 r = self.start_one(spec, [all_specs[c] for c in spec.get("children") or []])
@@ -751,7 +776,10 @@ class Lifecycle:
         self._remember_secrets(specs, all_specs)
         results = []
         for spec in specs:
-            if spec.get("supervised_by"):
+            unit = self._unit_spec(spec)
+            if unit is not None:
+                r = self._units().stop_one(unit, [all_specs[c] for c in spec.get("children") or []])
+            elif spec.get("supervised_by"):
                 r = self._verify_child_stopped(spec, all_specs)
             else:
                 r = self.stop_one(spec, [all_specs[c] for c in spec.get("children") or []])

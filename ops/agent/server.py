@@ -16,7 +16,7 @@ import sys
 import time
 import traceback
 
-from . import checks, deployops, hostlock, procs
+from . import checks, deployops, hostlock, procs, systemd
 from .gates import tail_lines
 from .lifecycle import Lifecycle
 from .state import expand
@@ -133,6 +133,7 @@ OPS = {
 
 OPS.update(deployops.OPS)
 OPS.update(checks.OPS)
+OPS.update(systemd.OPS)
 
 
 # the operations that change what runs on the host: one at a time per host (hostlock.py)
