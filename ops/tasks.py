@@ -202,7 +202,8 @@ def logs(c, service, host=None, n="50", follow=False, json=False):
 UNIT_HELP = {**PHASE_HELP, "now": "also start (enable) / stop (disable) it now, with the same gates"}
 
 
-def _unit_phase(phase: str, host: str | None, service: list[str] | None, as_json: bool, **opts: Any) -> None:
+def _unit_phase(phase: str, host: str | None, service: list[str] | None, as_json: bool, lock_wait: str = "0",
+                **opts: Any) -> None:
     """enable / disable / persist: like start/stop, one agent call per host."""
     from ops import control
     from ops.inventory import resolve_hosts
@@ -219,12 +220,14 @@ def _unit_phase(phase: str, host: str | None, service: list[str] | None, as_json
         raise UsageError(f"{phase}: no service to act on on {', '.join(h.name for h in targets)}",
                          'declare manager = "systemd" (or name a tool-run service for persist)')
     rep = Reporter(choose_format(as_json))
+    wait = number(lock_wait, "lock-wait")
 
     def run(session):
         def on_event(event: dict[str, Any]) -> None:
             if event.get("event") == "service":
                 rep.service_event(session.host.name, event["result"], event["phase"])
 
+        session.lock_wait = wait
         return getattr(control, phase)(session, names, on_event=on_event, **opts)
 
     outcomes = on_hosts(inv, targets, run)
@@ -236,24 +239,24 @@ def _unit_phase(phase: str, host: str | None, service: list[str] | None, as_json
 
 @task(auto_shortflags=False, iterable=["service"], help=UNIT_HELP)
 @errors_to_exit
-def enable(c, host=None, service=None, now=False, json=False):
+def enable(c, host=None, service=None, now=False, json=False, lock_wait="0"):
     """Start systemd unit services at boot (systemctl enable); --now also starts them with gates."""
-    _unit_phase("enable", host, service, json, now=now)
+    _unit_phase("enable", host, service, json, lock_wait, now=now)
 
 
 @task(auto_shortflags=False, iterable=["service"], help=UNIT_HELP)
 @errors_to_exit
-def disable(c, host=None, service=None, now=False, json=False):
+def disable(c, host=None, service=None, now=False, json=False, lock_wait="0"):
     """Do not start systemd unit services at boot (systemctl disable); --now also stops them."""
-    _unit_phase("disable", host, service, json, now=now)
+    _unit_phase("disable", host, service, json, lock_wait, now=now)
 
 
 @task(auto_shortflags=False, iterable=["service"],
       help={**PHASE_HELP, "dry-run": "print the unit files that would be written; change nothing"})
 @errors_to_exit
-def persist(c, host=None, service=None, dry_run=False, json=False):
+def persist(c, host=None, service=None, dry_run=False, json=False, lock_wait="0"):
     """Write a systemd unit for tool-run services, enable it: they come back after a reboot."""
-    _unit_phase("persist", host, service, json, dry_run=dry_run)
+    _unit_phase("persist", host, service, json, lock_wait, dry_run=dry_run)
 
 
 ns = Collection()

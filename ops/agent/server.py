@@ -137,12 +137,12 @@ OPS.update(systemd.OPS)
 
 
 # the operations that change what runs on the host: one at a time per host (hostlock.py)
-MUTATING = frozenset(["start", "stop", "verify_restart"])
+MUTATING = frozenset(["start", "stop", "verify_restart", "unit_enable", "unit_persist"])
 
 
 def needs_host_lock(op, args):
     if op in MUTATING:
-        return True
+        return not args.get("dry_run")
     return op == "verify_all" and any((s or {}).get("check") == "restart" for s in args.get("steps") or [])
 
 

@@ -205,7 +205,7 @@ def test_a_unit_service_on_a_host_without_systemd_is_a_clear_error(tmp_path: Pat
         env=env,
         timeout=120,
     )
-    assert st.returncode == 0 and " unknown " in st.stdout and "does not run systemd" in st.stdout, st.stdout
+    assert st.returncode == 8 and " unknown " in st.stdout and "does not run systemd" in st.stdout, st.stdout
 
 
 def test_persist_as_a_sudoer_writes_a_system_unit_that_runs_as_that_user(
