@@ -58,8 +58,8 @@ def copy_bootstrap(tmp_path: Path, requires: str) -> Path:
 def test_a_python_older_than_requires_python_fails_at_once_saying_what_to_install(tmp_path):
     script = copy_bootstrap(tmp_path, ">=3.99")
     began = time.monotonic()
-    r = subprocess.run([str(script)], env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHON": "/usr/bin/python3"},
-                       capture_output=True, text=True, timeout=60)
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHON": "/usr/bin/python3"}
+    r = subprocess.run([str(script)], env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2, r.stdout + r.stderr
     assert time.monotonic() - began < 30
     assert "ops needs Python >= 3.99; /usr/bin/python3 is 3." in r.stderr
