@@ -11,11 +11,56 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from invoke import Collection, Exit, task
+from invoke import Collection, Exit, Task
+from invoke import task as invoke_task
 
 HOST_HELP = "host name, comma list, group, or 'all' (default: the only host)"
 SERVICE_HELP = "a service name (repeatable, or comma list); default: all services of the host"
 JSON_HELP = "print JSON instead of a table"
+
+
+SHORT_FLAGS = {"host": "H"}  # Fabric's habit; -h stays help
+
+
+def _core_dry(c: Any) -> bool:
+    run = getattr(getattr(c, "config", None), "run", None)
+    return bool(getattr(run, "dry", False)) if run is not None else False
+
+
+class OpsTask(Task):
+    """A task with this tool's conventions: `-H` for --host, and invoke's core `-R/--dry` (which
+    only affects invoke's own `c.run`, never used here) made true: for a task with a plan it means
+    --dry-run; one that would act without a plan refuses it (exit 2); one that changes nothing
+    just runs."""
+
+    def __init__(self, body: Callable[..., Any], dry: str = "harmless", **kwargs: Any) -> None:
+        super().__init__(body, **kwargs)
+        assert dry in ("plan", "harmless", "refuse"), dry
+        self.dry = dry
+
+    def get_arguments(self, ignore_unknown_help: bool | None = None):  # type: ignore[no-untyped-def]
+        args = super().get_arguments(ignore_unknown_help)
+        for arg in args:
+            short = SHORT_FLAGS.get(arg.name)
+            if short and short not in arg.names:
+                arg.names = (*arg.names, short)
+        return args
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if args and _core_dry(args[0]):
+            if self.dry == "plan":
+                kwargs["dry_run"] = True
+            elif self.dry == "refuse":
+                raise Exit(f"error: -R/--dry: `{self.name}` acts on the host and has no dry run; nothing "
+                           "was done\n  -> `inv deploy --dry-run` shows a plan; run without -R to act",
+                           code=2)
+        return super().__call__(*args, **kwargs)
+
+
+def task(*args: Any, **kwargs: Any) -> Any:
+    """invoke's @task, making OpsTask objects (no automatic short flags: -h is help)."""
+    kwargs.setdefault("auto_shortflags", False)
+    return invoke_task(*args, klass=OpsTask, **kwargs)
 
 
 def _inventory(c: Any = None):
@@ -73,7 +118,7 @@ def _exit_for(outcomes: list[Any], ok: Callable[[Any], bool]) -> None:
         raise Exit(code=max(codes) if codes and all(o.ok is False for o in outcomes) else 1)
 
 
-@task(auto_shortflags=False, help={"json": JSON_HELP})
+@task(help={"json": JSON_HELP})
 @errors_to_exit
 def hosts(c, json=False):
     """List hosts and services, validating the inventory."""
@@ -84,7 +129,6 @@ def hosts(c, json=False):
 
 
 @task(
-    auto_shortflags=False,
     iterable=["service"],
     help={
         "host": HOST_HELP,
@@ -140,21 +184,21 @@ def _phase(phase: str, host: str | None, service: list[str] | None, as_json: boo
 PHASE_HELP = {"host": HOST_HELP, "service": SERVICE_HELP, "json": JSON_HELP}
 
 
-@task(auto_shortflags=False, iterable=["service"], help=PHASE_HELP)
+@task(dry="refuse", iterable=["service"], help=PHASE_HELP)
 @errors_to_exit
 def start(c, host=None, service=None, json=False):
     """Start services in dependency order; each passes its gates or is rolled back."""
     _phase("start", host, service, json)
 
 
-@task(auto_shortflags=False, iterable=["service"], help=PHASE_HELP)
+@task(dry="refuse", iterable=["service"], help=PHASE_HELP)
 @errors_to_exit
 def stop(c, host=None, service=None, json=False):
     """Stop services (supervisors first), escalate to KILL, sweep orphans, prove none left."""
     _phase("stop", host, service, json)
 
 
-@task(auto_shortflags=False, iterable=["service"], help=PHASE_HELP)
+@task(dry="refuse", iterable=["service"], help=PHASE_HELP)
 @errors_to_exit
 def restart(c, host=None, service=None, json=False):
     """Stop then start services, with the same gates as start."""
@@ -162,7 +206,6 @@ def restart(c, host=None, service=None, json=False):
 
 
 @task(
-    auto_shortflags=False,
     positional=["service"],
     help={
         "service": "the service whose log to show",
@@ -232,7 +275,7 @@ def _deploy(host, json, rollback_only=False, **opts):
         raise Exit(code=code)
 
 
-@task(auto_shortflags=False, help=DEPLOY_HELP)
+@task(dry="plan", help=DEPLOY_HELP)
 @errors_to_exit
 def deploy(c, host=None, dry_run=False, no_rollback=False, lock_wait="0", serial="0", max_fail="",
            allow_dirty=False, ref="HEAD", json=False):
@@ -244,7 +287,7 @@ def deploy(c, host=None, dry_run=False, no_rollback=False, lock_wait="0", serial
             allow_dirty=allow_dirty, ref=ref)
 
 
-@task(auto_shortflags=False, help={"host": HOST_HELP, "dry-run": "show the plan only", "json": JSON_HELP,
+@task(dry="plan", help={"host": HOST_HELP, "dry-run": "show the plan only", "json": JSON_HELP,
                                    "lock-wait": DEPLOY_HELP["lock-wait"]})
 @errors_to_exit
 def rollback(c, host=None, dry_run=False, lock_wait="0", json=False):
@@ -252,7 +295,7 @@ def rollback(c, host=None, dry_run=False, lock_wait="0", json=False):
     _deploy(host, json, rollback_only=True, dry_run=dry_run, lock_wait=number(lock_wait, "lock-wait"))
 
 
-@task(auto_shortflags=False, help={"host": HOST_HELP, "force": "break the lock even if its holder runs"})
+@task(dry="refuse", help={"host": HOST_HELP, "force": "break the lock even if its holder runs"})
 @errors_to_exit
 def unlock(c, host=None, force=False):
     """Break a stale deploy lock (one whose deploy is gone)."""
@@ -269,7 +312,7 @@ def unlock(c, host=None, force=False):
         rep.line(f"{h.name}: " + ("lock released" if r["released"] else r.get("detail", "not released")))
 
 
-@task(auto_shortflags=False, help={"host": HOST_HELP, "n": "how many runs (default 20)", "json": JSON_HELP})
+@task(help={"host": HOST_HELP, "n": "how many runs (default 20)", "json": JSON_HELP})
 @errors_to_exit
 def journal(c, host=None, n="20", json=False):
     """Show the last deploy runs recorded on a host."""
@@ -302,7 +345,7 @@ PREFLIGHT_HELP = {
 }
 
 
-@task(auto_shortflags=False, help=PREFLIGHT_HELP)
+@task(dry="plan", help=PREFLIGHT_HELP)
 @errors_to_exit
 def preflight(c, base=None, commits=None, expect=None, keep_going=False, markdown=False, json=False,
               host=None, repo=None, dry_run=False):
@@ -367,7 +410,7 @@ VERIFY_HELP = {"host": HOST_HELP, "json": JSON_HELP, "service": "the service to 
 VERIFY_MANY_HELP = {**VERIFY_HELP, "service": SERVICE_HELP}
 
 
-@task(name="tree", auto_shortflags=False, positional=["service"], help=VERIFY_HELP)
+@task(name="tree", positional=["service"], help=VERIFY_HELP)
 @errors_to_exit
 def verify_tree(c, service, host=None, json=False):
     """SERVICE runs under its supervisor (or its recorded pid lives), once; prints its tree."""
@@ -377,7 +420,7 @@ def verify_tree(c, service, host=None, json=False):
             lambda h: verify.tree_services(h, [service]))
 
 
-@task(name="restart", auto_shortflags=False, positional=["service"], help={
+@task(dry="refuse", name="restart", positional=["service"], help={
     **VERIFY_HELP,
     "service": "the supervised service to kill",
     "signal": "the signal that simulates the crash (default KILL)",
@@ -395,7 +438,7 @@ def verify_restart(c, service, host=None, signal="KILL", timeout="30", json=Fals
             lambda h: [verify.restart_service(h, service)])
 
 
-@task(name="orphans", auto_shortflags=False, iterable=["service"], help=VERIFY_MANY_HELP)
+@task(name="orphans", iterable=["service"], help=VERIFY_MANY_HELP)
 @errors_to_exit
 def verify_orphans(c, host=None, service=None, json=False):
     """No process matching a service's pattern runs outside its service's process tree."""
@@ -407,7 +450,7 @@ def verify_orphans(c, host=None, service=None, json=False):
             lambda h: select_services(h, names))
 
 
-@task(name="health", auto_shortflags=False, iterable=["service"], help=VERIFY_MANY_HELP)
+@task(name="health", iterable=["service"], help=VERIFY_MANY_HELP)
 @errors_to_exit
 def verify_health(c, host=None, service=None, json=False):
     """Every declared health check, once, with its timing."""
@@ -418,7 +461,7 @@ def verify_health(c, host=None, service=None, json=False):
             lambda h: verify.health_services(h, names))
 
 
-@task(name="heartbeat", auto_shortflags=False, positional=["service"], help=VERIFY_HELP)
+@task(name="heartbeat", positional=["service"], help=VERIFY_HELP)
 @errors_to_exit
 def verify_heartbeat(c, service, host=None, json=False):
     """SERVICE's heartbeat file is younger than its max_age."""
@@ -428,7 +471,7 @@ def verify_heartbeat(c, service, host=None, json=False):
             lambda h: verify.heartbeat_services(h, [service]))
 
 
-@task(name="watch", auto_shortflags=False, iterable=["service"], help={
+@task(name="watch", iterable=["service"], help={
     **VERIFY_HELP,
     "service": SERVICE_HELP,
     "seconds": "how long to watch (default 10)",
@@ -452,7 +495,7 @@ def verify_watch(c, host=None, service=None, seconds="10", interval="1", min_mem
             lambda h: select_services(h, names))
 
 
-@task(name="all", auto_shortflags=False, help={"host": HOST_HELP, "json": JSON_HELP})
+@task(dry="refuse", name="all", help={"host": HOST_HELP, "json": JSON_HELP})
 @errors_to_exit
 def verify_all(c, host=None, json=False):
     """Every check hosts.toml declares for the host's services, in order (deploy's verify step)."""
