@@ -323,6 +323,9 @@ class Lifecycle:
                         ),
                     )
 
+        missing = missing_checkout(self.checkout, expand(spec.get("cwd") or self.checkout, self.checkout))
+        if missing:  # before env_file: "cannot read .../checkout/x.env" hides the real cause
+            return self._result(spec, "failed", detail=missing)
         env = dict(os.environ)
         for k in list(env):
             if k.startswith("OPS_AGENT"):
@@ -334,12 +337,6 @@ class Lifecycle:
                 return self._result(spec, "failed", detail=err)
             env.update(extra)
         cwd = expand(spec.get("cwd") or self.checkout, self.checkout)
-        if not os.path.isdir(cwd):
-            return self._result(
-                spec,
-                "failed",
-                detail=("working directory %s does not exist on the host; deploy the code first" % cwd),
-            )
         try:
             argv = shlex.split(spec["cmd"])
         except ValueError as exc:
@@ -868,3 +865,12 @@ class Lifecycle:
             "orphans": orphans,
             "detail": "swept %d orphan(s)" % len(orphans) if orphans else "nothing left",
         }
+
+
+def missing_checkout(checkout, cwd):
+    """Why a service cannot start for want of code on the host (None when the code is there)."""
+    if not os.path.isdir(checkout):
+        return "no checkout at %s on this host yet: run `inv deploy` first (it creates it)" % checkout
+    if not os.path.isdir(cwd):
+        return "working directory %s does not exist in the checkout; run `inv deploy` first" % cwd
+    return None
