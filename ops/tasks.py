@@ -159,7 +159,7 @@ def status(c, host=None, service=None, json=False, no_health=False):
 def _phase(phase: str, host: str | None, service: list[str] | None, as_json: bool) -> None:
     from ops import control
     from ops.inventory import resolve_hosts
-    from ops.report import Reporter, choose_format
+    from ops.report import Board, Reporter, choose_format
     from ops.session import on_hosts
 
     inv = _inventory()
@@ -168,15 +168,9 @@ def _phase(phase: str, host: str | None, service: list[str] | None, as_json: boo
     for h in targets:  # fail early on an unknown service name, before touching any host
         control.with_children(h, names)
     rep = Reporter(choose_format(as_json))
-
-    def run(session):
-        def on_event(event: dict[str, Any]) -> None:
-            if event.get("event") == "service":
-                rep.service_event(session.host.name, event["result"], event["phase"])
-
-        return getattr(control, phase)(session, names, on_event=on_event)
-
-    outcomes = on_hosts(inv, targets, run)
+    with Board(rep, phase, [h.name for h in targets]) as board:
+        outcomes = on_hosts(inv, targets, lambda s: getattr(control, phase)(
+            s, names, on_event=lambda e: board.event(s.host.name, e)))
     rep.phase(phase, outcomes)
     _exit_for(outcomes, lambda o: o.value.ok)
 
@@ -264,9 +258,10 @@ def _deploy(host, json, rollback_only=False, **opts):
     targets = resolve_hosts(inv, host)
     rep = report.Reporter(report.choose_format(json))
     options = dep.DeployOptions(**opts)
-    with report.DeployProgress(rep, [h.name for h in targets]) as progress:
+    title = "rollback" if rollback_only else "deploy"
+    with report.Board(rep, title, [h.name for h in targets], transient=False) as board:
         results = dep.deploy(
-            inv, targets, options, on_step=progress.step, rollback_only=rollback_only,
+            inv, targets, options, on_step=board.step, rollback_only=rollback_only, on_event=board.event,
             on_interrupt=lambda: rep.line("interrupted: each host stops after its current step and "
                                           "releases its lock (Ctrl-C again to abandon them)", "bold yellow"))
     report.deploy_summary(rep, results)
@@ -397,11 +392,8 @@ def _verify(kind: str, host: str | None, as_json: bool, run: Callable[..., Any],
         raise UsageError(f"verify.{kind}: nothing to check on {', '.join(h.name for h in targets)}",
                          "declare it in hosts.toml for the service (see README, verify)")
     rep = report.Reporter(report.choose_format(as_json))
-    progress = report.VerifyProgress(rep, checks=kind == "all")
-    try:
-        outcomes = on_hosts(inv, targets, lambda s: run(s, lambda e: progress.event(s.host.name, e)))
-    finally:
-        progress.close()
+    with report.Board(rep, f"verify.{kind}", [h.name for h in targets], checks=kind == "all") as board:
+        outcomes = on_hosts(inv, targets, lambda s: run(s, lambda e: board.event(s.host.name, e)))
     report.verify_result(rep, kind, outcomes)
     _exit_for(outcomes, lambda o: o.value.ok)
 

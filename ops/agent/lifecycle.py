@@ -29,6 +29,7 @@ POLL = 0.02  # gate and stop polling interval (s)
 KILL_WAIT = 5.0  # how long to wait for SIGKILL to take effect
 LOG_TAIL = 20
 SETTLE = 1.0  # a service without gates must stay up this long to count as started
+WAIT_NOTE = 2.0  # while gates are pending, a "waiting on ..." progress event this often (s)
 _SPAWNED = {}
 
 
@@ -256,6 +257,12 @@ class Lifecycle:
             "detail": ("started by %s: " % sup["name"]) + detail,
         }
 
+    def _note(self, name, kind, message):
+        """A progress event inside a long step (spawned, gate passed, waiting on..., stopping), so
+        the client can show what each service is doing while it waits."""
+        message = self.secrets.redact(message)
+        self.emit({"event": "progress", "service": name, "kind": kind, "message": message})
+
     def _result(self, spec, outcome, **kw):
         r = {"name": spec["name"], "outcome": outcome, "pid": None, "gates": [], "detail": ""}
         r.update(kw)
@@ -446,11 +453,13 @@ class Lifecycle:
                 "supervisor_state": supervised,
             },
         )
-        self.emit({"event": "progress", "service": name, "message": "spawned pid %d" % proc.pid})
+        self._note(name, "spawned", "spawned pid %d" % proc.pid)
 
         gates = self._gate_list(spec, children, proc.pid, t_start, watches)
-        deadline = m_start + max([spec["ready"]["timeout"]] + [c["ready"]["timeout"] for c in children])
+        timeout = max([spec["ready"]["timeout"]] + [c["ready"]["timeout"] for c in children])
+        deadline = m_start + timeout
         passed = []
+        note_at = [m_start + WAIT_NOTE]
 
         def fail(gate, detail, exit_code=None):
             return self._failed_start(spec, children, proc, ident["starttime"], t_start, position,
@@ -478,6 +487,8 @@ class Lifecycle:
                             "elapsed": round(self.clock() - m_start, 3),
                         }
                     )
+                    self._note(name, "gate", "gate %s passed after %.2fs"
+                               % (g["name"], passed[-1]["elapsed"]))
             if not gates:
                 return self._result(
                     spec,
@@ -490,6 +501,11 @@ class Lifecycle:
             if self.clock() >= deadline:
                 g = gates[0]
                 return fail(g["name"], "timed out after %.1fs: %s" % (self.clock() - m_start, g["detail"]))
+            if self.clock() >= note_at[0]:
+                note_at[0] = self.clock() + WAIT_NOTE
+                g = gates[0]
+                self._note(name, "waiting", "waiting on gate %s for %.0fs (timeout %gs): %s"
+                           % (g["name"], self.clock() - m_start, timeout, g["detail"]))
             self.sleep(POLL)
 
     def _gate_list(self, spec, children, pid, t_start, watches):
@@ -677,11 +693,14 @@ class Lifecycle:
         if pid is not None and state.get("supervisor_state"):
             # its SIGTERM handler sets a flag; it then stops the child (TERM, wait, KILL) and exits
             sup = {pid: state.get("starttime")}
+            self._note(name, "stopping", "stopping the supervisor pid %d (SIGTERM; it stops its child)" % pid)
             self._signal(None, sup, signal.SIGTERM)
             signalled = [pid]
             self._wait_gone(sup, spec["stop_timeout"] + KILL_WAIT + 1.0)
         table = self._snapshot()
         if pid is not None:
+            self._note(name, "stopping", "stopping pid %d: SIG%s, then SIGKILL after %gs"
+                       % (pid, spec.get("stop_signal", "TERM"), spec["stop_timeout"]))
             term = self._terminate(
                 table,
                 pid,
