@@ -637,8 +637,13 @@ def verify_result(rep: Reporter, kind: str, outcomes) -> None:
 
 
 def service_line(host: str, phase: str, result: dict[str, Any]) -> str:
-    """One line for a finished service: `local: stop demo_worker: stopped pid 2173 in 0.10s`, the
-    detail added only when it says more than the outcome and pid already do."""
+    """One line for a finished service: `local: stop demo_worker: stopped pid 2173 in 0.10s`."""
+    return f"{host}: {phase} {result['name']}: {service_text(result)}"
+
+
+def service_text(result: dict[str, Any]) -> str:
+    """What became of a service, the detail added only when it says more than the outcome and pid
+    already do (never "stopped pid 8096 - stopped pid 8096")."""
     outcome = result["outcome"]
     pid = f" pid {result['pid']}" if result.get("pid") else ""
     took = f" in {result['elapsed']:.2f}s" if result.get("elapsed") is not None else ""
@@ -648,7 +653,7 @@ def service_line(host: str, phase: str, result: dict[str, Any]) -> str:
         text, detail = detail, ""  # "stopped pid 8096" / "stopped with demo_daemon": once
     else:
         text = head
-    return f"{host}: {phase} {result['name']}: {text}{took}" + (f" - {detail}" if detail else "")
+    return f"{text}{took}" + (f" - {detail}" if detail else "")
 
 
 class _Row:
@@ -728,17 +733,19 @@ class Board:
 
     # --- what happens ----------------------------------------------------------------------
 
-    def _set(self, host: str, service: str, text: str, style: str | None = None, took: float | None = None,
-             restart: bool = False) -> None:
+    def _set(self, host: str, service: str, text: str, style: str | None = None, done: bool = False,
+             took: float | None = None, restart: bool = False) -> None:
+        """Set a row's text; a row that is ``done`` stops ticking (at ``took``, else now)."""
         with self.lock:
             row = self.rows.get((host, service))
             now = self.clock()
             if row is None or restart or row.took is not None:
                 row = self.rows[(host, service)] = _Row(text, now)
-            row.text, row.style, row.took = text, style, took
+            row.text, row.style = text, style
+            row.took = (took if took is not None else now - row.since) if done else None
             host_row = self.rows.get((host, ""))
             if service and host_row is not None and host_row.text == "connecting...":
-                host_row.text, host_row.since = "connected", now
+                host_row.text, host_row.took = "connected", now - host_row.since
 
     def _line(self, text: str, style: str | None = None) -> None:
         if self.rep.fmt == "plain":
@@ -757,14 +764,13 @@ class Board:
         elif kind == "service":
             r, phase = event["result"], event.get("phase", "")
             style = STATE_STYLE.get(r["outcome"])
-            self._set(host, r["name"], service_line(host, phase, r).split(": ", 1)[1], style,
-                      took=r.get("elapsed") or 0.0)
+            self._set(host, r["name"], f"{phase}: {service_text(r)}", style, done=True, took=r.get("elapsed"))
             self._line(service_line(host, phase, r), style)
         elif kind == "check":
             c = event["check"]
             style = "green" if c["ok"] else "bold red"
             text = f"{c['name']}: {'ok' if c['ok'] else 'FAILED'} - {c['detail']}"
-            self._set(host, c["service"] or "", text, style, took=c.get("elapsed") or 0.0)
+            self._set(host, c["service"] or "", text, style, done=True, took=c.get("elapsed"))
             if self.checks:
                 self._line(f"{host}: {c['service'] or '-'} {c['name']}: {'ok' if c['ok'] else 'FAILED'} "
                            f"({_verify_time(c)}) - {c['detail']}", style)
