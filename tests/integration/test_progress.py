@@ -13,6 +13,7 @@ import struct
 import subprocess
 import termios
 import time
+from pathlib import Path
 
 from tests.integration.rig import PY, REPO, Rig, local_rig_fixture, rig_fixture  # noqa: F401
 
@@ -76,14 +77,16 @@ def test_piped_stop_says_it_is_stopping_before_the_kill(rig: Rig) -> None:
     assert not re.search(r"(stopped pid \d+).* - \1", done), f"the line repeats itself: {done}"
 
 
-def run_in_pty(rig: Rig, *args: str, timeout: float = 60) -> tuple[int, str, list[tuple[float, str]]]:
-    """Run `inv ARGS` on a pseudo-terminal (120 columns); return its exit code, everything it wrote
+def run_in_pty(rig: Rig, *args: str, timeout: float = 60, cwd: Path = REPO, inv_path: Path | None = None,
+               env: dict[str, str] | None = None) -> tuple[int, str, list[tuple[float, str]]]:
+    """Run `inv ARGS` on a pseudo-terminal (160 columns); return its exit code, everything it wrote
     and the chunks with their arrival times."""
     master, slave = os.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
-    env = dict(os.environ, OPS_INVENTORY=str(rig.inv_path), TERM="xterm-256color", COLUMNS="160")
+    env = dict(os.environ, OPS_INVENTORY=str(inv_path or rig.inv_path), TERM="xterm-256color", COLUMNS="160",
+               **(env or {}))
     env.pop("NO_COLOR", None)
-    proc = subprocess.Popen([PY, "-m", "invoke", *args], cwd=REPO, env=env, stdin=slave, stdout=slave,
+    proc = subprocess.Popen([PY, "-m", "invoke", *args], cwd=cwd, env=env, stdin=slave, stdout=slave,
                             stderr=slave, close_fds=True)
     os.close(slave)
     chunks, began = [], time.monotonic()
@@ -147,5 +150,47 @@ def test_piped_verify_restart_streams_the_kill_the_new_pid_and_its_gates(local_r
         t_new, _ = first(lines, r"^box: demo_api: new pid \d+ under demo_daemon after")
         t_gate, _ = first(lines, r"^box: demo_api: gate \w+ passed after")
         assert t_kill <= t_new <= t_gate
+    finally:
+        assert rig.inv_cmd("stop").returncode == 0
+
+
+def ticks_of(title: str, text: str) -> tuple[str, set[float]]:
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+    return plain, {float(x) for x in re.findall(re.escape(title) + r" \((\d+\.\d)s\)", plain)}
+
+
+def test_a_terminal_shows_restart_waiting_on_its_gate(local_rig: Rig) -> None:
+    rig = local_rig
+    rig.write(slow(rig))
+    assert rig.inv_cmd("start").returncode == 0
+    try:
+        code, text, _ = run_in_pty(rig, "restart")
+        assert code == 0, text
+        plain, ticks = ticks_of("restart", text)
+        assert "waiting on gate log" in plain
+        assert len(ticks) >= 4, sorted(ticks)
+    finally:
+        assert rig.inv_cmd("stop").returncode == 0
+
+
+def test_a_terminal_shows_verify_restart_and_verify_watch_as_they_run(local_rig: Rig) -> None:
+    rig = local_rig
+    rig.write(rig.verify_demo(daemon_flags="--restart-delay 2"))  # 2 s to watch the restart happen
+    with rig.session() as s:
+        rig.start_ok(s)
+    try:
+        code, text, _ = run_in_pty(rig, "verify.restart", "demo_api", "--timeout", "20")
+        assert code == 0, text
+        plain, ticks = ticks_of("verify.restart", text)
+        # the killed child's row ticks while its supervisor takes 2 s to bring it back
+        assert "sent SIGKILL to pid" in plain and len(ticks) >= 4, sorted(ticks)
+        assert len(set(re.findall(r"sent SIGKILL to pid[^│]*│\s*(\d+\.\d)s", plain))) >= 3
+
+        code, text, _ = run_in_pty(rig, "verify.watch", "--seconds", "3")
+        assert code == 0, text
+        plain, ticks = ticks_of("verify.watch", text)
+        assert "watching:" in plain and "demo_worker=1" in plain
+        assert len(ticks) >= 4, sorted(ticks)
+        assert "verify.watch samples" in plain  # the samples stay on screen after the live view
     finally:
         assert rig.inv_cmd("stop").returncode == 0

@@ -146,3 +146,18 @@ def test_the_readme_walkthrough_runs_as_written_with_the_output_it_shows(box):
         report.append((command, r.stdout, got == want))
     bad = [(c, out) for c, out, ok in report if not ok]
     assert not bad, "the README shows other output for:\n" + "\n".join(f"$ {c}\n{out}" for c, out in bad)
+
+
+def test_a_first_deploy_on_a_terminal_shows_each_service_while_it_starts(box):
+    from tests.integration.test_progress import run_in_pty
+
+    clone, ssh_config, _ = box
+
+    code, text, _ = run_in_pty(None, "deploy", "--host", "mybox", cwd=clone, inv_path=clone / "hosts.toml",
+                               env={"OPS_SSH_CONFIG": str(ssh_config)}, timeout=180)
+    assert code == 0, text
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+    assert re.search(r"demo_daemon\s*│[^│]*(spawned pid|gate \S+ passed|started pid)", plain), plain[-3000:]
+    assert "deliver ok" in plain and "deploy summary" in plain
+    ticks = {float(x) for x in re.findall(r"deploy \((\d+\.\d)s\)", plain)}
+    assert len(ticks) >= 2, sorted(ticks)
