@@ -104,26 +104,21 @@ def _task_names(program: Program) -> list[str]:
 
 def completion_words(tokens: list[str], inventory: Callable[[], Any], positional: dict[str, list[str]]
                      ) -> list[str] | None:
-    """Host or service names to complete after ``tokens`` (the command line so far, program name
-    removed, the word being typed last if any), or None when invoke's own completion applies.
-    ``positional`` maps a task name to its positional argument names."""
+    """Host or service names to complete after ``tokens`` (the command line so far without the
+    program name; its last item is the word being typed, "" for a new one), or None when invoke's
+    own completion applies. ``positional`` maps a task name to its positional argument names."""
     if not tokens:
         return None
     last, before = tokens[-1], (tokens[-2] if len(tokens) > 1 else "")
-    flag = last if last.startswith("-") else (before if before.startswith("-") else None)
-    if flag in HOST_FLAGS:
+    if last.startswith("-"):
+        return None  # a flag being typed: invoke completes flags
+    if before in HOST_FLAGS:
         inv = inventory()
         return [*inv.hosts, *getattr(inv, "groups", {}), "all"] if inv else []
-    if flag in SERVICE_FLAGS:
+    if before in SERVICE_FLAGS:
         return _service_names(inventory())
-    if last.startswith("-"):
-        return None
-    # a task whose first positional is SERVICE: `inv logs <TAB>` or `inv logs dem<TAB>`
-    for task_token in (last, before):
-        if "service" in positional.get(task_token, [])[:1]:
-            if task_token == before and last in positional:  # `inv logs status`: a new task
-                return None
-            return _service_names(inventory())
+    if "service" in positional.get(before, [])[:1]:  # `inv logs <TAB>`, `inv logs dem<TAB>`
+        return _service_names(inventory())
     return None
 
 
@@ -158,6 +153,8 @@ def _complete(self: Program) -> bool:
         return False
     if tokens and tokens[0] in (*self.binary_names, "ops", "inv", "invoke"):
         tokens = tokens[1:]
+    if remainder.endswith(" "):
+        tokens.append("")  # a new word is being started
     positional = {name: list(task.positional) for name, task in _all_tasks(self.collection)}
     words = completion_words(tokens, _quiet_inventory, positional)
     if words is None:

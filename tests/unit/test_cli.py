@@ -142,8 +142,14 @@ def test_completion_still_offers_tasks_and_flags_elsewhere():
 
 
 def test_completion_words_without_an_inventory_is_empty_not_an_error():
-    assert completion_words(["status", "--host"], lambda: None, {}) == []
-    assert completion_words(["status"], lambda: None, {"logs": ["service"]}) is None
+    assert completion_words(["status", "--host", ""], lambda: None, {}) == []
+    assert completion_words(["status", ""], lambda: None, {"logs": ["service"]}) is None
+
+
+def test_completion_after_a_whole_service_argument_goes_back_to_invoke():
+    assert "--follow" in complete("inv logs demo_api --")
+    assert "demo_api" not in complete("inv logs demo_api ")
+    assert "--host" in complete("inv status --ho")  # a flag being typed is invoke's to complete
 
 
 def test_a_closed_pipe_ends_quietly_with_the_sigpipe_code():
