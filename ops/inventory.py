@@ -398,6 +398,8 @@ def parse(data: Mapping[str, Any], path: str, base_dir: Path | None = None) -> I
 
     ssh = dict(data.get("ssh", {}))
     ctx.check_table("ssh", ssh, SSH_KEYS)
+    config = _expand_local(ssh["config"], base_dir or Path.cwd()) if "config" in ssh else None
+    values.ssh_section(ctx.fail, ssh, config)
     defaults = dict(data.get("defaults", {}))
     ctx.check_table("defaults", defaults, DEFAULT_KEYS)
     values.defaults(ctx.fail, defaults)
@@ -411,6 +413,7 @@ def parse(data: Mapping[str, Any], path: str, base_dir: Path | None = None) -> I
         if not isinstance(table, dict):
             raise ctx.fail(where, f"must be a table, got {_describe(table)}")
         _check_service_table(ctx, where, table)
+        values.self_reference(ctx.fail, where, name, table)
         values.service_merged(ctx.fail, lambda _key, where=where: where, table)
     _check_references(ctx, services_raw)
 

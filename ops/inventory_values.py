@@ -245,6 +245,24 @@ def host(fail: Fail, where: str, table: Mapping[str, Any]) -> None:
                        f"{value!r}", "write the value itself")
 
 
+def self_reference(fail: Fail, where: str, name: str, table: Mapping[str, Any]) -> None:
+    """A service cannot be its own child, dependency or supervisor."""
+    for key in ("children", "after", "depends_on"):
+        if name in (table.get(key) or []):
+            raise fail(where, f"key '{key}' names the service itself ('{name}')", "remove it from the list")
+    if table.get("supervised_by") == name:
+        raise fail(where, f"key 'supervised_by' names the service itself ('{name}')")
+
+
+def ssh_section(fail: Fail, table: Mapping[str, Any], config_path: str | None) -> None:
+    """[ssh] config must name a file that exists (known_hosts is created when missing)."""
+    import os
+
+    if config_path is not None and not os.path.isfile(config_path):
+        raise fail("ssh", f"key 'config' names {table['config']!r}, which is not a file ({config_path})",
+                   "give the path of your ssh_config, or leave it out to use ~/.ssh/config")
+
+
 def defaults(fail: Fail, table: Mapping[str, Any]) -> None:
     _not_blank(fail, "defaults", table, "python")
 

@@ -278,3 +278,14 @@ def test_inv_hosts_refuses_it_with_exit_2_naming_file_table_and_key(tmp_path, ex
     assert r.returncode == 2, r.stdout + r.stderr
     assert f"error: {path}: [{where}] key '{key}'" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("key", ["children", "after", "depends_on"])
+def test_a_service_naming_itself_is_refused(tmp_path, key):
+    refused(tmp_path, with_service(f'{key} = ["a"]'), "services.a", [f"'{key}'", "the service itself"])
+
+
+def test_an_ssh_config_that_is_not_a_file_is_refused_and_an_existing_one_loads(tmp_path):
+    refused(tmp_path, '[ssh]\nconfig = "no-such-ssh-config"\n' + BASE, "ssh", ["'config'", "not a file"])
+    (tmp_path / "ssh_config").write_text("Host x\n")
+    inventory.load(write(tmp_path, '[ssh]\nconfig = "ssh_config"\n' + BASE))
