@@ -7,7 +7,8 @@ invoke's own `inv` program (tasks.py calls ``adopt()`` when invoke loads it):
 - value flags show a placeholder that says what they take (`--timeout=SECONDS`, not `=STRING`);
 - shell completion (`inv --print-completion-script bash`) also completes host, group and service
   names from the inventory after `--host`/`-H`, `--service` and a task's SERVICE argument;
-- output cut short by a closed pipe (`inv --list | head -1`) ends quietly, without a traceback.
+- output cut short by a closed pipe (`inv --list | head -1`) ends quietly, without a traceback;
+- tasks are OpsTask objects: `-H` is --host, and invoke's core `-R/--dry` is a dry run or refused.
 
 Nothing heavy is imported here: `inv --list` must stay fast.
 """
@@ -23,7 +24,8 @@ import types
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from invoke import Argument, Exit, ParseError, Program
+from invoke import Argument, Exit, ParseError, Program, Task
+from invoke import task as invoke_task
 
 # What each value flag takes, shown in --help instead of invoke's STRING.
 METAVARS = {
@@ -97,6 +99,53 @@ def _task_names(program: Program) -> list[str]:
     for aliases in collection.task_names.values():
         names.extend(aliases)
     return names
+
+
+# --- tasks: -H and -R/--dry ----------------------------------------------------------------------
+
+
+SHORT_FLAGS = {"host": "H"}  # Fabric's habit; -h stays help
+
+
+def _core_dry(c: Any) -> bool:
+    run = getattr(getattr(c, "config", None), "run", None)
+    return bool(getattr(run, "dry", False)) if run is not None else False
+
+
+class OpsTask(Task):
+    """A task with this tool's conventions: `-H` for --host, and invoke's core `-R/--dry` (which
+    only affects invoke's own `c.run`, never used here) made true: for a task with a plan it means
+    --dry-run; one that would act without a plan refuses it (exit 2); one that changes nothing
+    just runs."""
+
+    def __init__(self, body: Callable[..., Any], dry: str = "harmless", **kwargs: Any) -> None:
+        super().__init__(body, **kwargs)
+        assert dry in ("plan", "harmless", "refuse"), dry
+        self.dry = dry
+
+    def get_arguments(self, ignore_unknown_help: bool | None = None):  # type: ignore[no-untyped-def]
+        args = super().get_arguments(ignore_unknown_help)
+        for arg in args:
+            short = SHORT_FLAGS.get(arg.name)
+            if short and short not in arg.names:
+                arg.names = (*arg.names, short)
+        return args
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if args and _core_dry(args[0]):
+            if self.dry == "plan":
+                kwargs["dry_run"] = True
+            elif self.dry == "refuse":
+                raise Exit(f"error: -R/--dry: `{self.name}` acts on the host and has no dry run; nothing "
+                           "was done\n  -> `inv deploy --dry-run` shows a plan; run without -R to act",
+                           code=2)
+        return super().__call__(*args, **kwargs)
+
+
+def task(*args: Any, **kwargs: Any) -> Any:
+    """invoke's @task, making OpsTask objects (no automatic short flags: -h is help)."""
+    kwargs.setdefault("auto_shortflags", False)
+    return invoke_task(*args, klass=OpsTask, **kwargs)
 
 
 # --- completion ----------------------------------------------------------------------------------

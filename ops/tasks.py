@@ -11,56 +11,13 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from invoke import Collection, Exit, Task
-from invoke import task as invoke_task
+from invoke import Collection, Exit
+
+from ops.cli import task
 
 HOST_HELP = "host name, comma list, group, or 'all' (default: the only host)"
 SERVICE_HELP = "a service name (repeatable, or comma list); default: all services of the host"
 JSON_HELP = "print JSON instead of a table"
-
-
-SHORT_FLAGS = {"host": "H"}  # Fabric's habit; -h stays help
-
-
-def _core_dry(c: Any) -> bool:
-    run = getattr(getattr(c, "config", None), "run", None)
-    return bool(getattr(run, "dry", False)) if run is not None else False
-
-
-class OpsTask(Task):
-    """A task with this tool's conventions: `-H` for --host, and invoke's core `-R/--dry` (which
-    only affects invoke's own `c.run`, never used here) made true: for a task with a plan it means
-    --dry-run; one that would act without a plan refuses it (exit 2); one that changes nothing
-    just runs."""
-
-    def __init__(self, body: Callable[..., Any], dry: str = "harmless", **kwargs: Any) -> None:
-        super().__init__(body, **kwargs)
-        assert dry in ("plan", "harmless", "refuse"), dry
-        self.dry = dry
-
-    def get_arguments(self, ignore_unknown_help: bool | None = None):  # type: ignore[no-untyped-def]
-        args = super().get_arguments(ignore_unknown_help)
-        for arg in args:
-            short = SHORT_FLAGS.get(arg.name)
-            if short and short not in arg.names:
-                arg.names = (*arg.names, short)
-        return args
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if args and _core_dry(args[0]):
-            if self.dry == "plan":
-                kwargs["dry_run"] = True
-            elif self.dry == "refuse":
-                raise Exit(f"error: -R/--dry: `{self.name}` acts on the host and has no dry run; nothing "
-                           "was done\n  -> `inv deploy --dry-run` shows a plan; run without -R to act",
-                           code=2)
-        return super().__call__(*args, **kwargs)
-
-
-def task(*args: Any, **kwargs: Any) -> Any:
-    """invoke's @task, making OpsTask objects (no automatic short flags: -h is help)."""
-    kwargs.setdefault("auto_shortflags", False)
-    return invoke_task(*args, klass=OpsTask, **kwargs)
 
 
 def _inventory(c: Any = None):
