@@ -252,8 +252,12 @@ def _usage(program: Program, exc: ParseError) -> Exit:
     collection = getattr(program, "collection", None)
     task_flags = ({name: list(ctx.flags) for name, ctx in ((c.name, c) for c in collection.to_contexts())}
                   if collection is not None else {})
-    return Exit(explain(exc, _task_names(program), _core_flags(program), _binary(program), task_flags),
-                code=2)
+    text = explain(exc, _task_names(program), _core_flags(program), _binary(program), task_flags)
+    if "needs SERVICE" in text.split("\n", 1)[0]:
+        services = _service_names(_quiet_inventory())
+        if services:
+            text = text.replace("needs SERVICE", f"needs SERVICE (one of: {', '.join(services)})", 1)
+    return Exit(text, code=2)
 
 
 class _Behaviour:

@@ -34,7 +34,7 @@ def ops(*args: str) -> subprocess.CompletedProcess[str]:
     (["status", "--hots", "x"], "error: unknown flag --hots for status; did you mean --host?"),
     (["stauts"], "error: unknown task or argument 'stauts'; did you mean status?"),
     (["verify.restrat", "demo_api"], "did you mean verify.restart?"),
-    (["logs"], "error: logs needs SERVICE"),
+    (["logs"], "error: logs needs SERVICE (one of: demo_api, demo_daemon, demo_worker)"),
     (["status", "--host"], "error: --host needs a value (--host HOST)"),
     (["--help", "stauts"], "did you mean status?"),
 ])
