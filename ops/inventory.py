@@ -398,8 +398,6 @@ def parse(data: Mapping[str, Any], path: str, base_dir: Path | None = None) -> I
 
     ssh = dict(data.get("ssh", {}))
     ctx.check_table("ssh", ssh, SSH_KEYS)
-    config = _expand_local(ssh["config"], base_dir or Path.cwd()) if "config" in ssh else None
-    values.ssh_section(ctx.fail, ssh, config)
     defaults = dict(data.get("defaults", {}))
     ctx.check_table("defaults", defaults, DEFAULT_KEYS)
     values.defaults(ctx.fail, defaults)
@@ -446,6 +444,8 @@ def parse(data: Mapping[str, Any], path: str, base_dir: Path | None = None) -> I
                 )
         groups[gname] = tuple(members)
 
+    if any(h.ssh is not None for h in hosts.values()):  # only SSH hosts read the ssh_config
+        values.ssh_section(ctx.fail, ssh, _expand_local(ssh["config"], base) if "config" in ssh else None)
     preflight = _build_preflight(ctx, data.get("preflight", {}), hosts, groups, base)
     return Inventory(
         path=path,

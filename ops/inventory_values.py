@@ -255,7 +255,8 @@ def self_reference(fail: Fail, where: str, name: str, table: Mapping[str, Any]) 
 
 
 def ssh_section(fail: Fail, table: Mapping[str, Any], config_path: str | None) -> None:
-    """[ssh] config must name a file that exists (known_hosts is created when missing)."""
+    """[ssh] config must name a file that exists, when an SSH host will read it (known_hosts is
+    created when missing)."""
     import os
 
     if config_path is not None and not os.path.isfile(config_path):

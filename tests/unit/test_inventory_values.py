@@ -285,7 +285,9 @@ def test_a_service_naming_itself_is_refused(tmp_path, key):
     refused(tmp_path, with_service(f'{key} = ["a"]'), "services.a", [f"'{key}'", "the service itself"])
 
 
-def test_an_ssh_config_that_is_not_a_file_is_refused_and_an_existing_one_loads(tmp_path):
-    refused(tmp_path, '[ssh]\nconfig = "no-such-ssh-config"\n' + BASE, "ssh", ["'config'", "not a file"])
+def test_an_ssh_config_that_is_not_a_file_is_refused_when_an_ssh_host_needs_it(tmp_path):
+    ssh_host = BASE.replace("local = true", 'ssh = "box"')
+    refused(tmp_path, '[ssh]\nconfig = "no-such-ssh-config"\n' + ssh_host, "ssh", ["'config'", "not a file"])
+    inventory.load(write(tmp_path, '[ssh]\nconfig = "no-such-ssh-config"\n' + BASE))  # local only: unread
     (tmp_path / "ssh_config").write_text("Host x\n")
-    inventory.load(write(tmp_path, '[ssh]\nconfig = "ssh_config"\n' + BASE))
+    inventory.load(write(tmp_path, '[ssh]\nconfig = "ssh_config"\n' + ssh_host))
