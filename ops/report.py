@@ -229,12 +229,6 @@ class Reporter:
 
     # --- phases (start / stop / restart) --------------------------------------------------
 
-    def service_event(self, host: str, result: dict[str, Any], phase: str) -> None:
-        """Live progress: one line as each service finishes (not for JSON)."""
-        if self.fmt == "json":
-            return
-        self.line(service_line(host, phase, result), STATE_STYLE.get(result["outcome"]))
-
     def phase(self, phase: str, outcomes) -> None:
         if self.fmt == "json":
             self.json(
