@@ -67,13 +67,18 @@ def local_source(repo: str = ".", ref: str = "HEAD", allow_dirty: bool = False) 
     if commit is None:
         raise UsageError(f"unknown commit '{ref}' in {top}", "pass --ref with a commit, branch or tag")
     branch = git(top, "symbolic-ref", "-q", "--short", "HEAD", check=False) or None
-    dirty = tuple(git(top, "status", "--porcelain", "--untracked-files=no").splitlines())
+    # One rule with preflight's `git: clean`: untracked files count (a new module left out of the
+    # commit works here and is missing on the host); files ignored by .gitignore do not.
+    dirty = tuple(git(top, "status", "--porcelain", "--untracked-files=normal").splitlines())
     if dirty and not allow_dirty:
+        untracked = sum(d.startswith("??") for d in dirty)
         raise UsageError(
-            f"the working tree of {top} has uncommitted changes ({len(dirty)} file(s): "
-            f"{', '.join(d[3:] for d in dirty[:3])})",
-            "commit or stash them (a deploy ships commits, not your working tree), "
-            "or pass --allow-dirty to deploy HEAD anyway",
+            f"the working tree of {top} has uncommitted changes ({len(dirty)} file(s)"
+            + (f", {untracked} untracked" if untracked else "")
+            + f": {', '.join(d[3:] for d in dirty[:3])})",
+            "commit or stash them (a deploy ships commits, not your working tree; an untracked file "
+            "would be missing on the host), add them to .gitignore, or pass --allow-dirty to deploy "
+            "HEAD anyway",
         )
     subject = git(top, "log", "-1", "--format=%s", commit)
     return Source(repo=top, commit=commit, branch=branch, subject=subject, dirty=dirty)
@@ -201,8 +206,11 @@ def exit_code(results: list[HostDeploy]) -> int:
 class HostDeployer:
     def __init__(self, session: HostSession, source: Source | None, opts: DeployOptions,
                  run_id: str, on_step: StepCallback | None = None,
-                 cancel: threading.Event | None = None, bundles: Bundles | None = None) -> None:
+                 cancel: threading.Event | None = None, bundles: Bundles | None = None,
+                 on_event: Callable[[str, dict[str, Any]], None] | None = None) -> None:
         self.s = session
+        # the agent's events inside a step (service spawned, gate passed, waiting on...), by host
+        self.on_event = (lambda e: on_event(self.host.name, e)) if on_event else None
         self.bundles = bundles or (Bundles(source.repo) if source else None)
         self.cancel = cancel or threading.Event()
         self.host: Host = session.host
@@ -240,11 +248,11 @@ class HostDeployer:
         return r["ok"], detail
 
     def _stop(self) -> tuple[bool, str]:
-        r = control.stop(self.s)
+        r = control.stop(self.s, on_event=self.on_event)
         return r.ok, _summary(r.services)
 
     def _start(self) -> tuple[bool, str]:
-        r = control.start(self.s)
+        r = control.start(self.s, on_event=self.on_event)
         detail = _summary(r.services)
         for svc in r.services:
             if svc["outcome"] == "failed" and svc.get("log_tail"):
@@ -254,7 +262,7 @@ class HostDeployer:
     def _verify(self) -> tuple[bool, str]:
         from ops import verify
 
-        report = verify.verify_all(self.s)
+        report = verify.verify_all(self.s, self.on_event)
         failed = [c for c in report.checks if not c["ok"]]
         if failed:
             return False, "; ".join(f"{c['name']} {c.get('service') or ''}: {c['detail']}" for c in failed)
@@ -440,8 +448,8 @@ def _run_batch(hosts: list[Host], fn: Callable[[Host], HostDeploy], cancel: thre
 
 
 def deploy(inv: Inventory, hosts: list[Host], opts: DeployOptions, on_step: StepCallback | None = None,
-           rollback_only: bool = False, on_interrupt: Callable[[], None] | None = None
-           ) -> list[HostDeploy]:
+           rollback_only: bool = False, on_interrupt: Callable[[], None] | None = None,
+           on_event: Callable[[str, dict[str, Any]], None] | None = None) -> list[HostDeploy]:
     """Deploy to hosts in parallel, or in rolling batches (--serial N) with --max-fail."""
     run_id = new_run_id()
     cancel = threading.Event()
@@ -455,8 +463,10 @@ def deploy(inv: Inventory, hosts: list[Host], opts: DeployOptions, on_step: Step
         t = time.monotonic()
         try:
             with connect(inv, host) as session:
-                return HostDeployer(session, source, opts, run_id, on_step, cancel, bundles).run(
-                    rollback_only=rollback_only)
+                done = HostDeployer(session, source, opts, run_id, on_step, cancel, bundles,
+                                    on_event=on_event).run(rollback_only=rollback_only)
+            done.duration = time.monotonic() - t  # the summary's time: connecting included
+            return done
         except OpsError as exc:
             outcome = "unreachable" if exc.exit_code == 3 else "failed"
             return HostDeploy(host=host.name, run_id=run_id, outcome=outcome, error=exc.message,

@@ -64,6 +64,10 @@ class HostKeyChanged(TransportError):
     )
 
 
+class HostKeyUnknown(TransportError):
+    """StrictHostKeyChecking yes (or ask, which cannot ask here) and the host's key is not known."""
+
+
 class CommandTimeout(TransportError):
     advice = "the host did not answer in time; raise command_timeout for this host if it is slow"
 

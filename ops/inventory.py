@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ops import inventory_values as values
 from ops.agent.ownership import default_match, resolve_argv
 from ops.errors import InventoryError
 
@@ -445,12 +446,14 @@ def parse(data: Mapping[str, Any], path: str, base_dir: Path | None = None) -> I
     """Validate parsed TOML data and build the Inventory."""
     ctx = _Ctx(path)
     ctx.check_table("", data, TOP_KEYS)
+    values.finite_numbers(ctx.fail, "", data)
     base = base_dir or Path.cwd()
 
     ssh = dict(data.get("ssh", {}))
     ctx.check_table("ssh", ssh, SSH_KEYS)
     defaults = dict(data.get("defaults", {}))
     ctx.check_table("defaults", defaults, DEFAULT_KEYS)
+    values.defaults(ctx.fail, defaults)
     _check_timeouts(ctx, "defaults", defaults, tuple(k for k in DEFAULT_KEYS if k.endswith("_timeout")))
 
     services_raw: dict[str, Any] = dict(data.get("services", {}))
@@ -461,6 +464,8 @@ def parse(data: Mapping[str, Any], path: str, base_dir: Path | None = None) -> I
         if not isinstance(table, dict):
             raise ctx.fail(where, f"must be a table, got {_describe(table)}")
         _check_service_table(ctx, where, table)
+        values.self_reference(ctx.fail, where, name, table)
+        values.service_merged(ctx.fail, lambda _key, where=where: where, table)
     _check_references(ctx, services_raw)
 
     hosts_raw: dict[str, Any] = dict(data.get("hosts", {}))
@@ -480,6 +485,7 @@ def parse(data: Mapping[str, Any], path: str, base_dir: Path | None = None) -> I
         where = f"groups.{gname}"
         if not _is_str_list(members):
             raise ctx.fail("groups", f"key '{gname}' must be a list of host names")
+        values.group(ctx.fail, gname, members)
         if gname in hosts or gname == "all":
             raise ctx.fail(where, f"group '{gname}' has the name of a host (or 'all')", "rename it")
         for member in members:
@@ -491,6 +497,8 @@ def parse(data: Mapping[str, Any], path: str, base_dir: Path | None = None) -> I
                 )
         groups[gname] = tuple(members)
 
+    if any(h.ssh is not None for h in hosts.values()):  # only SSH hosts read the ssh_config
+        values.ssh_section(ctx.fail, ssh, _expand_local(ssh["config"], base) if "config" in ssh else None)
     preflight = _build_preflight(ctx, data.get("preflight", {}), hosts, groups, base)
     return Inventory(
         path=path,
@@ -739,6 +747,7 @@ def _check_service_table(ctx: _Ctx, where: str, table: Mapping[str, Any], partia
     port = table.get("port")
     if port is not None and not 1 <= port <= 65535:
         raise ctx.fail(where, f"key 'port' must be between 1 and 65535, got {port}")
+    values.service(ctx.fail, where, table)
 
 
 def _health_list(value: Any) -> list[Mapping[str, Any]]:
@@ -833,6 +842,7 @@ def _build_host(
     where = f"hosts.{name}"
     ctx.check_table(where, table, HOST_KEYS)
     _check_timeouts(ctx, where, table, ("connect_timeout", "command_timeout"))
+    values.host(ctx.fail, where, table)
     is_local = table.get("local", False)
     if is_local and "ssh" in table:
         raise ctx.fail(where, "has both 'local = true' and 'ssh'", "a host is either local or SSH")
@@ -884,10 +894,23 @@ def _build_host(
                 )
             pending.append(child)
 
+    for svc in overrides:
+        if svc not in names:
+            raise ctx.fail(
+                f"{where}.overrides.{svc}",
+                f"overrides service '{svc}', which host '{name}' does not run",
+                f"add '{svc}' to hosts.{name}.services, or remove the override",
+            )
     merged = {svc: _merge(services_raw[svc], overrides.get(svc, {})) for svc in names}
     for svc in names:
         if svc in overrides:
             _check_required(ctx, f"{where}.overrides.{svc}", merged[svc])
+        own = overrides.get(svc, {})
+
+        def where_of(key: str, svc: str = svc, own: Mapping[str, Any] = own) -> str:
+            return f"{where}.overrides.{svc}" if key in own else f"services.{svc}"
+
+        values.service_merged(ctx.fail, where_of, merged[svc])
     ports = {svc: merged[svc].get("port") for svc in names}
     variables = {"host": name, "path": path, "state_dir": state_dir}
 

@@ -240,18 +240,6 @@ class Reporter:
 
     # --- phases (start / stop / restart) --------------------------------------------------
 
-    def service_event(self, host: str, result: dict[str, Any], phase: str) -> None:
-        """Live progress: one line as each service finishes (not for JSON)."""
-        if self.fmt == "json":
-            return
-        outcome = result["outcome"]
-        pid = f" pid {result['pid']}" if result.get("pid") else ""
-        took = f" in {result['elapsed']:.2f}s" if result.get("elapsed") is not None else ""
-        self.line(
-            f"{host}: {phase} {result['name']}: {outcome}{pid}{took} - {result.get('detail', '')}",
-            STATE_STYLE.get(outcome),
-        )
-
     def phase(self, phase: str, outcomes) -> None:
         if self.fmt == "json":
             self.json(
@@ -697,70 +685,6 @@ def _mb(value: int | None) -> str:
     return "-" if value is None else f"{value // (1024 * 1024)} MB"
 
 
-class VerifyProgress:
-    """Live progress of a verify phase: a line per finished check or restart step, and the
-    verify.watch samples as they arrive (a live table on a terminal, a line each when piped).
-    Events come from one thread per host, hence the lock."""
-
-    def __init__(self, rep: Reporter, checks: bool = False) -> None:
-        import threading
-
-        self.rep = rep
-        self.checks = checks  # a line per finished check (for long phases such as verify.all)
-        self.lock = threading.Lock()
-        self.samples: list[tuple[str, dict[str, Any]]] = []
-        self.live: Any = None
-
-    def event(self, host: str, event: dict[str, Any]) -> None:
-        if self.rep.fmt == "json":
-            return
-        kind = event.get("event")
-        with self.lock:
-            if kind == "sample":
-                self._sample(host, event["sample"])
-            elif kind == "check" and self.checks:
-                c = event["check"]
-                self.rep.line(
-                    f"{host}: {c['service'] or '-'} {c['name']}: {'ok' if c['ok'] else 'FAILED'} "
-                    f"({_verify_time(c)}) - {c['detail']}",
-                    "green" if c["ok"] else "bold red",
-                )
-            elif kind == "progress":
-                self.rep.line(f"{host}: {event.get('service') or '-'}: {event.get('message', '')}")
-
-    def _sample_row(self, host: str, s: dict[str, Any]) -> list[str]:
-        counts = "  ".join(f"{k}={v}" for k, v in s["counts"].items())
-        return [host, f"{s['t']:.1f}s", _mb(s.get("mem_available")), counts]
-
-    def _sample(self, host: str, sample: dict[str, Any]) -> None:
-        self.samples.append((host, sample))
-        if self.rep.fmt != "rich":
-            self.rep.line("  ".join(self._sample_row(host, sample)))
-            return
-        from rich.live import Live
-
-        if self.live is None:
-            self.live = Live(self._samples_table(), console=self.rep.console, auto_refresh=False)
-            self.live.start()
-        self.live.update(self._samples_table(), refresh=True)
-
-    def _samples_table(self):  # type: ignore[no-untyped-def]
-        from rich.table import Table
-
-        t = Table(title="verify.watch samples", title_justify="left")
-        for col in ("host", "t", "MemAvailable", "processes matching each service"):
-            t.add_column(col)
-        for host, s in self.samples:
-            t.add_row(*self._sample_row(host, s))
-        return t
-
-    def close(self) -> None:
-        with self.lock:
-            if self.live is not None:
-                self.live.stop()
-                self.live = None
-
-
 def _evidence(rep: Reporter, host: str, c: dict[str, Any], shown: set[tuple[str, ...]]) -> None:
     """The process tree a check judged (like pstree -p) and the processes it blames."""
     tree = tuple(c.get("tree") or ())
@@ -846,46 +770,165 @@ def verify_result(rep: Reporter, kind: str, outcomes) -> None:
     )
 
 
-class DeployProgress:
-    """Steps per host as they finish: a live table on a terminal, one line per step when piped."""
+def service_line(host: str, phase: str, result: dict[str, Any]) -> str:
+    """One line for a finished service: `local: stop demo_worker: stopped pid 2173 in 0.10s`."""
+    return f"{host}: {phase} {result['name']}: {service_text(result)}"
 
-    def __init__(self, rep: Reporter, hosts: list[str]) -> None:
-        self.rep = rep
+
+def service_text(result: dict[str, Any]) -> str:
+    """What became of a service, the detail added only when it says more than the outcome and pid
+    already do (never "stopped pid 8096 - stopped pid 8096")."""
+    outcome = result["outcome"]
+    pid = f" pid {result['pid']}" if result.get("pid") else ""
+    took = f" in {result['elapsed']:.2f}s" if result.get("elapsed") is not None else ""
+    head = f"{outcome}{pid}"
+    detail = (result.get("detail") or "").strip()
+    if detail.startswith(head) or detail.startswith(outcome + " "):
+        text, detail = detail, ""  # "stopped pid 8096" / "stopped with demo_daemon": once
+    else:
+        text = head
+    return f"{text}{took}" + (f" - {detail}" if detail else "")
+
+
+class _Row:
+    __slots__ = ("text", "since", "took", "style")
+
+    def __init__(self, text: str, since: float) -> None:
+        self.text, self.since, self.took, self.style = text, since, None, None
+
+
+class Board:
+    """What each host and service is doing while a phase runs (start, stop, restart, deploy,
+    verify.*), from the events the agent streams: spawned, gate passed, waiting on X for Ns,
+    stopping, a check or sample done.
+
+    On a terminal: a live table whose timers tick, one row per host and per service, saying what
+    it does or waits on and for how long. Piped: one line per event as it arrives. JSON: nothing.
+    Events come from one thread per host, the terminal refresh from rich's own: hence the lock."""
+
+    def __init__(self, rep: Reporter, title: str, hosts: list[str], transient: bool = True,
+                 checks: bool = False, clock=time.monotonic) -> None:  # noqa: ANN001
+        import threading
+
+        self.rep, self.title, self.transient, self.checks, self.clock = rep, title, transient, checks, clock
+        self.lock = threading.Lock()
+        self.started = clock()
+        self.rows: dict[tuple[str, str], _Row] = {(h, ""): _Row("connecting...", self.started) for h in hosts}
         self.steps: dict[str, list] = {h: [] for h in hosts}
-        self.started = time.monotonic()
-        self.live = None
+        self.samples: list[tuple[str, dict[str, Any]]] = []
+        self.live: Any = None
 
-    def _render(self):
-        from rich.table import Table
+    # --- the terminal ------------------------------------------------------------------------
 
-        t = Table(title=f"deploy ({time.monotonic() - self.started:.1f}s)", title_justify="left")
-        t.add_column("host")
-        t.add_column("steps")
-        for host, steps in self.steps.items():
-            cells = [f"[{'green' if s.ok else 'bold red'}]{s.name} {'ok' if s.ok else 'FAILED'} "
-                     f"{s.duration:.2f}s[/]" for s in steps]
-            t.add_row(host, " · ".join(cells) or "[dim]connecting...[/]")
-        return t
-
-    def __enter__(self) -> DeployProgress:
+    def __enter__(self) -> Board:
         if self.rep.fmt == "rich":
             from rich.live import Live
 
-            self.live = Live(self._render(), console=self.rep.console, refresh_per_second=8)
-            self.live.__enter__()
+            self.live = Live(console=self.rep.console, get_renderable=self.render, refresh_per_second=4,
+                             transient=self.transient)
+            self.live.start()
         return self
 
-    def step(self, host: str, step) -> None:
-        self.steps.setdefault(host, []).append(step)
-        if self.live is not None:
-            self.live.update(self._render())
-            if not step.ok:
-                self.rep.console.print(f"{host}: {step.name} FAILED: {step.detail}", style="bold red",
-                                       markup=False)
-        else:
-            deploy_step(self.rep, host, step)
-
     def __exit__(self, *exc: object) -> None:
-        if self.live is not None:
-            self.live.update(self._render())
-            self.live.__exit__(None, None, None)
+        self.close()
+
+    def close(self) -> None:
+        live, self.live = self.live, None
+        if live is not None:
+            live.stop()
+            if self.samples:
+                self.rep.console.print(self._samples_table())
+
+    def render(self):  # type: ignore[no-untyped-def]
+        from rich.table import Table
+        from rich.text import Text
+
+        now = self.clock()
+        t = Table(title=f"{self.title} ({now - self.started:.1f}s)", title_justify="left")
+        for col in ("host", "service", "doing", "time"):
+            t.add_column(col)
+        with self.lock:
+            rows = sorted(self.rows.items(), key=lambda kv: (list(self.steps).index(kv[0][0])
+                                                              if kv[0][0] in self.steps else 0))
+            for (host, service), row in rows:
+                took = row.took if row.took is not None else now - row.since
+                t.add_row(host, service or "-", Text(row.text, style=row.style or ""), f"{took:.1f}s")
+        return t
+
+    def _samples_table(self):  # type: ignore[no-untyped-def]
+        from rich.table import Table
+
+        t = Table(title="verify.watch samples", title_justify="left")
+        for col in ("host", "t", "MemAvailable", "processes matching each service"):
+            t.add_column(col)
+        for host, s in self.samples:
+            t.add_row(*_sample_row(host, s))
+        return t
+
+    # --- what happens ----------------------------------------------------------------------
+
+    def _set(self, host: str, service: str, text: str, style: str | None = None, done: bool = False,
+             took: float | None = None, restart: bool = False) -> None:
+        """Set a row's text; a row that is ``done`` stops ticking (at ``took``, else now)."""
+        with self.lock:
+            row = self.rows.get((host, service))
+            now = self.clock()
+            if row is None or restart or row.took is not None:
+                row = self.rows[(host, service)] = _Row(text, now)
+            row.text, row.style = text, style
+            row.took = (took if took is not None else now - row.since) if done else None
+            host_row = self.rows.get((host, ""))
+            if service and host_row is not None and host_row.text == "connecting...":
+                host_row.text, host_row.took = "connected", now - host_row.since
+
+    def _line(self, text: str, style: str | None = None) -> None:
+        if self.rep.fmt == "plain":
+            self.rep.line(text, style)
+
+    def event(self, host: str, event: dict[str, Any]) -> None:
+        """An agent event for ``host``."""
+        if self.rep.fmt == "json":
+            return
+        kind = event.get("event")
+        if kind == "progress":
+            service = event.get("service") or ""
+            message = event.get("message", "")
+            self._set(host, service, message, restart=event.get("kind") in ("spawned", "stopping"))
+            self._line(f"{host}: {service or '-'}: {message}")
+        elif kind == "service":
+            r, phase = event["result"], event.get("phase", "")
+            style = STATE_STYLE.get(r["outcome"])
+            self._set(host, r["name"], f"{phase}: {service_text(r)}", style, done=True, took=r.get("elapsed"))
+            self._line(service_line(host, phase, r), style)
+        elif kind == "check":
+            c = event["check"]
+            style = "green" if c["ok"] else "bold red"
+            text = f"{c['name']}: {'ok' if c['ok'] else 'FAILED'} - {c['detail']}"
+            self._set(host, c["service"] or "", text, style, done=True, took=c.get("elapsed"))
+            if self.checks:
+                self._line(f"{host}: {c['service'] or '-'} {c['name']}: {'ok' if c['ok'] else 'FAILED'} "
+                           f"({_verify_time(c)}) - {c['detail']}", style)
+        elif kind == "sample":
+            sample = event["sample"]
+            with self.lock:
+                self.samples.append((host, sample))
+            self._set(host, "", "watching: " + "  ".join(_sample_row(host, sample)[1:]))
+            self._line("  ".join(_sample_row(host, sample)))
+
+    def step(self, host: str, step) -> None:  # noqa: ANN001 (deploy.Step)
+        """A deploy step finished on ``host``."""
+        with self.lock:
+            self.steps.setdefault(host, []).append(step)
+            done = " · ".join(f"{s.name} {'ok' if s.ok else 'FAILED'}" for s in self.steps[host])
+        self._set(host, "", done + (" · ..." if step.ok else ""), None if step.ok else "bold red",
+                  restart=True)
+        if self.rep.fmt == "plain":
+            deploy_step(self.rep, host, step)
+        elif self.live is not None and not step.ok:
+            self.rep.console.print(f"{host}: {step.name} FAILED: {step.detail}", style="bold red",
+                                   markup=False)
+
+
+def _sample_row(host: str, s: dict[str, Any]) -> list[str]:
+    counts = "  ".join(f"{k}={v}" for k, v in s["counts"].items())
+    return [host, f"{s['t']:.1f}s", _mb(s.get("mem_available")), counts]

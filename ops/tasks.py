@@ -11,7 +11,9 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from invoke import Collection, Exit, task
+from invoke import Collection, Exit
+
+from ops.cli import task
 
 HOST_HELP = "host name, comma list, group, or 'all' (default: the only host)"
 SERVICE_HELP = "a service name (repeatable, or comma list); default: all services of the host"
@@ -73,7 +75,7 @@ def _exit_for(outcomes: list[Any], ok: Callable[[Any], bool]) -> None:
         raise Exit(code=max(codes) if codes and all(o.ok is False for o in outcomes) else 1)
 
 
-@task(auto_shortflags=False, help={"json": JSON_HELP})
+@task(help={"json": JSON_HELP})
 @errors_to_exit
 def hosts(c, json=False):
     """List hosts and services, validating the inventory."""
@@ -84,7 +86,6 @@ def hosts(c, json=False):
 
 
 @task(
-    auto_shortflags=False,
     iterable=["service"],
     help={
         "host": HOST_HELP,
@@ -117,7 +118,7 @@ def _phase(phase: str, host: str | None, service: list[str] | None, as_json: boo
            lock_wait: float = 0.0) -> None:
     from ops import control
     from ops.inventory import resolve_hosts
-    from ops.report import Reporter, choose_format
+    from ops.report import Board, Reporter, choose_format
     from ops.session import on_hosts
 
     inv = _inventory()
@@ -126,16 +127,14 @@ def _phase(phase: str, host: str | None, service: list[str] | None, as_json: boo
     for h in targets:  # fail early on an unknown service name, before touching any host
         control.with_children(h, names)
     rep = Reporter(choose_format(as_json))
+    with Board(rep, phase, [h.name for h in targets]) as board:
 
-    def run(session):
-        def on_event(event: dict[str, Any]) -> None:
-            if event.get("event") == "service":
-                rep.service_event(session.host.name, event["result"], event["phase"])
+        def run(session):
+            session.lock_wait = lock_wait
+            return getattr(control, phase)(
+                session, names, on_event=lambda e: board.event(session.host.name, e))
 
-        session.lock_wait = lock_wait
-        return getattr(control, phase)(session, names, on_event=on_event)
-
-    outcomes = on_hosts(inv, targets, run)
+        outcomes = on_hosts(inv, targets, run)
     rep.phase(phase, outcomes)
     _exit_for(outcomes, lambda o: o.value.ok)
 
@@ -145,21 +144,21 @@ LOCK_WAIT_HELP = ("seconds to wait while another operation (deploy, start, stop.
 PHASE_HELP = {"host": HOST_HELP, "service": SERVICE_HELP, "json": JSON_HELP, "lock-wait": LOCK_WAIT_HELP}
 
 
-@task(auto_shortflags=False, iterable=["service"], help=PHASE_HELP)
+@task(dry="refuse", iterable=["service"], help=PHASE_HELP)
 @errors_to_exit
 def start(c, host=None, service=None, json=False, lock_wait="0"):
     """Start services in dependency order; each passes its gates or is rolled back."""
     _phase("start", host, service, json, number(lock_wait, "lock-wait"))
 
 
-@task(auto_shortflags=False, iterable=["service"], help=PHASE_HELP)
+@task(dry="refuse", iterable=["service"], help=PHASE_HELP)
 @errors_to_exit
 def stop(c, host=None, service=None, json=False, lock_wait="0"):
     """Stop services (supervisors first), escalate to KILL, sweep orphans, prove none left."""
     _phase("stop", host, service, json, number(lock_wait, "lock-wait"))
 
 
-@task(auto_shortflags=False, iterable=["service"], help=PHASE_HELP)
+@task(dry="refuse", iterable=["service"], help=PHASE_HELP)
 @errors_to_exit
 def restart(c, host=None, service=None, json=False, lock_wait="0"):
     """Stop then start services, with the same gates as start."""
@@ -167,7 +166,6 @@ def restart(c, host=None, service=None, json=False, lock_wait="0"):
 
 
 @task(
-    auto_shortflags=False,
     positional=["service"],
     help={
         "service": "the service whose log to show",
@@ -207,7 +205,7 @@ def _unit_phase(phase: str, host: str | None, service: list[str] | None, as_json
     """enable / disable / persist: like start/stop, one agent call per host."""
     from ops import control
     from ops.inventory import resolve_hosts
-    from ops.report import Reporter, choose_format
+    from ops.report import Board, Reporter, choose_format
     from ops.session import on_hosts
 
     inv = _inventory()
@@ -221,37 +219,35 @@ def _unit_phase(phase: str, host: str | None, service: list[str] | None, as_json
                          'declare manager = "systemd" (or name a tool-run service for persist)')
     rep = Reporter(choose_format(as_json))
     wait = number(lock_wait, "lock-wait")
+    with Board(rep, phase, [h.name for h in targets]) as board:
 
-    def run(session):
-        def on_event(event: dict[str, Any]) -> None:
-            if event.get("event") == "service":
-                rep.service_event(session.host.name, event["result"], event["phase"])
+        def run(session):
+            session.lock_wait = wait
+            return getattr(control, phase)(
+                session, names, on_event=lambda e: board.event(session.host.name, e), **opts)
 
-        session.lock_wait = wait
-        return getattr(control, phase)(session, names, on_event=on_event, **opts)
-
-    outcomes = on_hosts(inv, targets, run)
+        outcomes = on_hosts(inv, targets, run)
     rep.phase(phase, outcomes)
     if opts.get("dry_run"):
         rep.unit_files(outcomes)
     _exit_for(outcomes, lambda o: o.value.ok)
 
 
-@task(auto_shortflags=False, iterable=["service"], help=UNIT_HELP)
+@task(dry="refuse", iterable=["service"], help=UNIT_HELP)
 @errors_to_exit
 def enable(c, host=None, service=None, now=False, json=False, lock_wait="0"):
     """Start systemd unit services at boot (systemctl enable); --now also starts them with gates."""
     _unit_phase("enable", host, service, json, lock_wait, now=now)
 
 
-@task(auto_shortflags=False, iterable=["service"], help=UNIT_HELP)
+@task(dry="refuse", iterable=["service"], help=UNIT_HELP)
 @errors_to_exit
 def disable(c, host=None, service=None, now=False, json=False, lock_wait="0"):
     """Do not start systemd unit services at boot (systemctl disable); --now also stops them."""
     _unit_phase("disable", host, service, json, lock_wait, now=now)
 
 
-@task(auto_shortflags=False, iterable=["service"],
+@task(dry="plan", iterable=["service"],
       help={**PHASE_HELP, "dry-run": "print the unit files that would be written; change nothing"})
 @errors_to_exit
 def persist(c, host=None, service=None, dry_run=False, json=False, lock_wait="0"):
@@ -286,9 +282,10 @@ def _deploy(host, json, rollback_only=False, **opts):
     targets = resolve_hosts(inv, host)
     rep = report.Reporter(report.choose_format(json))
     options = dep.DeployOptions(**opts)
-    with report.DeployProgress(rep, [h.name for h in targets]) as progress:
+    title = "rollback" if rollback_only else "deploy"
+    with report.Board(rep, title, [h.name for h in targets], transient=False) as board:
         results = dep.deploy(
-            inv, targets, options, on_step=progress.step, rollback_only=rollback_only,
+            inv, targets, options, on_step=board.step, rollback_only=rollback_only, on_event=board.event,
             on_interrupt=lambda: rep.line("interrupted: each host stops after its current step and "
                                           "releases its lock (Ctrl-C again to abandon them)", "bold yellow"))
     report.deploy_summary(rep, results)
@@ -297,7 +294,7 @@ def _deploy(host, json, rollback_only=False, **opts):
         raise Exit(code=code)
 
 
-@task(auto_shortflags=False, help=DEPLOY_HELP)
+@task(dry="plan", help=DEPLOY_HELP)
 @errors_to_exit
 def deploy(c, host=None, dry_run=False, no_rollback=False, lock_wait="0", serial="0", max_fail="",
            allow_dirty=False, ref="HEAD", json=False):
@@ -309,7 +306,7 @@ def deploy(c, host=None, dry_run=False, no_rollback=False, lock_wait="0", serial
             allow_dirty=allow_dirty, ref=ref)
 
 
-@task(auto_shortflags=False, help={"host": HOST_HELP, "dry-run": "show the plan only", "json": JSON_HELP,
+@task(dry="plan", help={"host": HOST_HELP, "dry-run": "show the plan only", "json": JSON_HELP,
                                    "lock-wait": DEPLOY_HELP["lock-wait"]})
 @errors_to_exit
 def rollback(c, host=None, dry_run=False, lock_wait="0", json=False):
@@ -317,7 +314,7 @@ def rollback(c, host=None, dry_run=False, lock_wait="0", json=False):
     _deploy(host, json, rollback_only=True, dry_run=dry_run, lock_wait=number(lock_wait, "lock-wait"))
 
 
-@task(auto_shortflags=False, help={"host": HOST_HELP, "force": "break the lock even if its holder runs"})
+@task(dry="refuse", help={"host": HOST_HELP, "force": "break the lock even if its holder runs"})
 @errors_to_exit
 def unlock(c, host=None, force=False):
     """Break a stale deploy lock (one whose deploy is gone)."""
@@ -334,7 +331,7 @@ def unlock(c, host=None, force=False):
         rep.line(f"{h.name}: " + ("lock released" if r["released"] else r.get("detail", "not released")))
 
 
-@task(auto_shortflags=False, help={"host": HOST_HELP, "n": "how many runs (default 20)", "json": JSON_HELP})
+@task(help={"host": HOST_HELP, "n": "how many runs (default 20)", "json": JSON_HELP})
 @errors_to_exit
 def journal(c, host=None, n="20", json=False):
     """Show the last deploy runs recorded on a host."""
@@ -368,7 +365,7 @@ PREFLIGHT_HELP = {
 }
 
 
-@task(auto_shortflags=False, help=PREFLIGHT_HELP)
+@task(dry="plan", help=PREFLIGHT_HELP)
 @errors_to_exit
 def preflight(c, base=None, commits=None, expect=None, keep_going=False, markdown=False, json=False,
               host=None, repo=None, dry_run=False, no_fetch=False):
@@ -466,11 +463,8 @@ def _verify(kind: str, host: str | None, as_json: bool, run: Callable[..., Any],
         raise UsageError(f"verify.{kind}: nothing to check on {', '.join(h.name for h in targets)}",
                          "declare it in hosts.toml for the service (see README, verify)")
     rep = report.Reporter(report.choose_format(as_json))
-    progress = report.VerifyProgress(rep, checks=kind == "all")
-    try:
-        outcomes = on_hosts(inv, targets, lambda s: run(s, lambda e: progress.event(s.host.name, e)))
-    finally:
-        progress.close()
+    with report.Board(rep, f"verify.{kind}", [h.name for h in targets], checks=kind == "all") as board:
+        outcomes = on_hosts(inv, targets, lambda s: run(s, lambda e: board.event(s.host.name, e)))
     report.verify_result(rep, kind, outcomes)
     _exit_for(outcomes, lambda o: o.value.ok)
 
@@ -479,7 +473,7 @@ VERIFY_HELP = {"host": HOST_HELP, "json": JSON_HELP, "service": "the service to 
 VERIFY_MANY_HELP = {**VERIFY_HELP, "service": SERVICE_HELP}
 
 
-@task(name="tree", auto_shortflags=False, positional=["service"], help=VERIFY_HELP)
+@task(name="tree", positional=["service"], help=VERIFY_HELP)
 @errors_to_exit
 def verify_tree(c, service, host=None, json=False):
     """SERVICE runs under its supervisor (or its recorded pid lives), once; prints its tree."""
@@ -489,7 +483,7 @@ def verify_tree(c, service, host=None, json=False):
             lambda h: verify.tree_services(h, [service]))
 
 
-@task(name="restart", auto_shortflags=False, positional=["service"], help={
+@task(dry="refuse", name="restart", positional=["service"], help={
     **VERIFY_HELP,
     "service": "the supervised service to kill",
     "signal": "the signal that simulates the crash (default KILL)",
@@ -507,7 +501,7 @@ def verify_restart(c, service, host=None, signal="KILL", timeout="30", json=Fals
             lambda h: [verify.restart_service(h, service)])
 
 
-@task(name="orphans", auto_shortflags=False, iterable=["service"], help=VERIFY_MANY_HELP)
+@task(name="orphans", iterable=["service"], help=VERIFY_MANY_HELP)
 @errors_to_exit
 def verify_orphans(c, host=None, service=None, json=False):
     """No process matching a service's pattern runs outside its service's process tree."""
@@ -519,7 +513,7 @@ def verify_orphans(c, host=None, service=None, json=False):
             lambda h: select_services(h, names))
 
 
-@task(name="health", auto_shortflags=False, iterable=["service"], help=VERIFY_MANY_HELP)
+@task(name="health", iterable=["service"], help=VERIFY_MANY_HELP)
 @errors_to_exit
 def verify_health(c, host=None, service=None, json=False):
     """Every declared health check, once, with its timing."""
@@ -530,7 +524,7 @@ def verify_health(c, host=None, service=None, json=False):
             lambda h: verify.health_services(h, names))
 
 
-@task(name="heartbeat", auto_shortflags=False, positional=["service"], help=VERIFY_HELP)
+@task(name="heartbeat", positional=["service"], help=VERIFY_HELP)
 @errors_to_exit
 def verify_heartbeat(c, service, host=None, json=False):
     """SERVICE's heartbeat file is younger than its max_age."""
@@ -540,7 +534,7 @@ def verify_heartbeat(c, service, host=None, json=False):
             lambda h: verify.heartbeat_services(h, [service]))
 
 
-@task(name="watch", auto_shortflags=False, iterable=["service"], help={
+@task(name="watch", iterable=["service"], help={
     **VERIFY_HELP,
     "service": SERVICE_HELP,
     "seconds": "how long to watch (default 10)",
@@ -564,7 +558,7 @@ def verify_watch(c, host=None, service=None, seconds="10", interval="1", min_mem
             lambda h: select_services(h, names))
 
 
-@task(name="all", auto_shortflags=False, help={"host": HOST_HELP, "json": JSON_HELP})
+@task(dry="refuse", name="all", help={"host": HOST_HELP, "json": JSON_HELP})
 @errors_to_exit
 def verify_all(c, host=None, json=False):
     """Every check hosts.toml declares for the host's services, in order (deploy's verify step)."""

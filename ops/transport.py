@@ -5,8 +5,11 @@ deadline. The agent runs in one such channel for a whole task, so the per-comman
 fabric's runner (I/O threads polling every 10 ms) is paid never, and the SSH cost once.
 
 SSH specifics: ~/.ssh/config is honoured (HostName, User, Port, IdentityFile, ProxyJump) through
-fabric; the host-key policy is OpenSSH's ``accept-new`` (unknown key: accept and record; changed
-key: refuse); TCP_NODELAY is set (paramiko does not, and Nagle costs ~40 ms per exchange).
+fabric; the host-key policy is the ssh_config's StrictHostKeyChecking, as OpenSSH applies it, with
+``accept-new`` when it is not set (unknown key: accept and record; changed key: refuse); ``yes``
+(and ``ask``, which cannot ask here) refuses an unknown key, ``no`` accepts even a changed one.
+Keys are read from every UserKnownHostsFile and recorded in the first. TCP_NODELAY is set (paramiko
+does not, and Nagle costs ~40 ms per exchange).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import logging
 import math
 import os
 import select
+import shlex
 import socket
 import subprocess
 import tempfile
@@ -25,7 +29,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from ops.errors import CommandTimeout, HostKeyChanged, TransportError, Unreachable
+from ops.errors import CommandTimeout, HostKeyChanged, HostKeyUnknown, TransportError, Unreachable
 
 if TYPE_CHECKING:
     from ops.inventory import Host, Inventory
@@ -203,21 +207,58 @@ _known_hosts_lock = threading.Lock()
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
-def _accept_new_policy(path: str):
+STRICT_DEFAULT = "accept-new"
+
+
+def strict_mode(value: str | None) -> str:
+    """ssh_config's StrictHostKeyChecking -> "yes" | "accept-new" | "no" (OpenSSH's spellings:
+    ask cannot prompt here, so it refuses like yes; off = no; unset = accept-new)."""
+    v = (value or STRICT_DEFAULT).strip().lower()
+    if v in ("yes", "ask", "true"):
+        return "yes"
+    if v in ("no", "off", "false"):
+        return "no"
+    return "accept-new"
+
+
+def host_key_name(host: str, port: int) -> str:
+    """The name a host's key is recorded under in known_hosts (OpenSSH's and paramiko's form)."""
+    return host if int(port) == 22 else f"[{host}]:{port}"
+
+
+def keygen_remove(name: str, known_hosts: str) -> str:
+    """The command that removes a host's recorded key, runnable as printed."""
+    return f"ssh-keygen -R {shlex.quote(name)} -f {shlex.quote(known_hosts)}"
+
+
+class _UnknownKey(Exception):
+    def __init__(self, hostname: str, key) -> None:  # noqa: ANN001
+        super().__init__(hostname)
+        self.hostname = hostname
+        self.key = key
+
+
+def _host_key_policy(mode: str, path: str, known):  # noqa: ANN001 (known: paramiko.HostKeys)
     import paramiko
 
-    class AcceptNew(paramiko.MissingHostKeyPolicy):
-        """OpenSSH's StrictHostKeyChecking=accept-new: record the key of a host never seen before.
-        paramiko itself refuses a host whose key differs from a known one, of the same type or
-        not (BadHostKeyException), and only calls this for hosts with no known key at all."""
+    def record(client, hostname, key) -> None:  # noqa: ANN001
+        with _known_hosts_lock:
+            client.get_host_keys().add(hostname, key.get_name(), key)
+            with open(path, "a") as f:
+                f.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+
+    class Policy(paramiko.MissingHostKeyPolicy):
+        """Called by paramiko only for a host with no known key (a changed key of a known host is
+        paramiko's BadHostKeyException), except under "no", where no key is loaded for checking."""
 
         def missing_host_key(self, client, hostname, key):  # noqa: ANN001
-            with _known_hosts_lock:
-                client.get_host_keys().add(hostname, key.get_name(), key)
-                with open(path, "a") as f:
-                    f.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+            if mode == "yes":
+                raise _UnknownKey(hostname, key)
+            if mode == "no" and known.lookup(hostname) is not None:
+                return  # a changed key, accepted as OpenSSH does under "no": not recorded
+            record(client, hostname, key)
 
-    return AcceptNew()
+    return Policy()
 
 
 class SSHTransport:
@@ -227,6 +268,8 @@ class SSHTransport:
         self.host = host
         self.inventory = inventory
         self.conn = None
+        self.conn_attempt = None
+        self.hop_known_hosts: dict[int, str] = {}
 
     def _config(self):
         from fabric import Config
@@ -236,12 +279,21 @@ class SSHTransport:
             return Config(runtime_ssh_path=ssh_config)
         return Config()
 
+    def known_hosts_files(self, conn) -> list[str]:
+        """Every known_hosts file for this connection; new keys are recorded in the first."""
+        value = self.inventory.known_hosts or conn.ssh_config.get("userknownhostsfile")
+        if isinstance(value, list):
+            value = " ".join(value)
+        if value and '"' in value:  # paramiko strips the outer quotes of `"a" "b c"`: put them back
+            value = f'"{value}"'
+        names = (shlex.split(value) if value else []) or ["~/.ssh/known_hosts"]
+        if any(not n.startswith(("/", "~", "%")) for n in names[1:]):  # `"/a/known hosts"`, unquoted
+            names = [value.strip('"')]
+        home = os.path.expanduser("~")
+        return [os.path.expanduser(n.replace("%d", home)) for n in names]
+
     def known_hosts_path(self, conn) -> str:
-        path = self.inventory.known_hosts or conn.ssh_config.get("userknownhostsfile")
-        if isinstance(path, list):
-            path = path[0]
-        path = path.split()[0] if path else "~/.ssh/known_hosts"
-        return os.path.expanduser(path)
+        return self.known_hosts_files(conn)[0]
 
     def open(self) -> None:
         from fabric import Connection
@@ -261,6 +313,7 @@ class SSHTransport:
                 f"cannot set up SSH to {self.host.ssh!r}: {exc}",
                 "check the ssh value in hosts.toml and your ~/.ssh/config",
             ) from exc
+        self.conn_attempt = conn
         kh = self._trust(conn)
         # ProxyJump hops are Connections fabric made from the ssh_config: give them the same
         # host-key policy and timeouts (fabric's defaults: accept any key, wait forever).
@@ -291,12 +344,25 @@ class SSHTransport:
         """paramiko's and the socket's exceptions -> the OpsError a person can act on."""
         import paramiko
 
-        if isinstance(exc, paramiko.BadHostKeyException):
+        if isinstance(exc, paramiko.BadHostKeyException | _UnknownKey):
+            hop = self._hop_named(exc.hostname)
+            name = host_key_name(hop.host, hop.port) if hop is not None else exc.hostname
+            kh = self.hop_known_hosts.get(id(hop), kh)
+            if isinstance(exc, _UnknownKey):
+                return HostKeyUnknown(
+                    self.host.name,
+                    f"host key for {name} is not known ({exc.key.get_name()} {fingerprint(exc.key)}) "
+                    f"and StrictHostKeyChecking is yes: refusing to connect to {target}",
+                    "check that fingerprint with the box's owner, then record it: "
+                    f"`ssh -o StrictHostKeyChecking=accept-new {shlex.quote(self.host.ssh or name)} true`",
+                )
             return HostKeyChanged(
                 self.host.name,
                 f"host key for {exc.hostname} has CHANGED (got {exc.key.get_name()} "
                 f"{fingerprint(exc.key)}, known_hosts {kh} has another); "
                 f"refusing to connect to {target}",
+                "if the change is expected (the box was reinstalled), remove the old key and run again: "
+                f"`{keygen_remove(name, kh)}`",
             )
         if isinstance(exc, paramiko.AuthenticationException):
             return Unreachable(
@@ -320,13 +386,38 @@ class SSHTransport:
             return Unreachable(self.host.name, f"cannot connect to {target}: {reason}")
         return exc
 
+    def _hop_named(self, hostname: str):
+        """The Connection (the host or one of its ProxyJump hops) whose host is ``hostname``."""
+        from fabric import Connection
+
+        hop = self.conn_attempt
+        while isinstance(hop, Connection):
+            if hostname in (hop.host, host_key_name(hop.host, hop.port)):
+                return hop
+            hop = hop.gateway
+        return None
+
     def _trust(self, conn) -> str:
-        """Load the connection's known_hosts and apply accept-new to it; return the file."""
-        kh = self.known_hosts_path(conn)
-        Path(kh).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        Path(kh).touch(mode=0o600, exist_ok=True)
-        conn.client.load_host_keys(kh)
-        conn.client.set_missing_host_key_policy(_accept_new_policy(kh))
+        """Load the connection's known_hosts files and apply its StrictHostKeyChecking; return the
+        file new keys are recorded in."""
+        import paramiko
+
+        files = self.known_hosts_files(conn)
+        kh = files[0]
+        if kh != os.devnull:
+            Path(kh).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            Path(kh).touch(mode=0o600, exist_ok=True)
+        known = paramiko.HostKeys()
+        for f in files:
+            if os.path.isfile(f):
+                known.load(f)
+        mode = strict_mode(conn.ssh_config.get("stricthostkeychecking"))
+        if mode != "no":  # under "no" a changed key is not refused, so none is checked
+            for f in files:
+                if os.path.isfile(f):
+                    conn.client.get_host_keys().load(f)
+        conn.client.set_missing_host_key_policy(_host_key_policy(mode, kh, known))
+        self.hop_known_hosts[id(conn)] = kh  # for the advice of a host-key error on this hop
         return kh
 
     def channel(self, command: str) -> Channel:

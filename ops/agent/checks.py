@@ -499,6 +499,7 @@ class Checks:
                     g["detail"] = detail
                     if ok:
                         g["ok"], g["elapsed"] = True, round(self.clock() - killed, 3)
+                        self._progress(spec, "gate %s passed after %.2fs" % (g["name"], g["elapsed"]))
                 if all(g["ok"] for g in gates):
                     took = round(self.clock() - killed, 3)
                     extra.update(

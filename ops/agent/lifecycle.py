@@ -32,6 +32,7 @@ POLL = 0.02  # gate and stop polling interval (s)
 KILL_WAIT = 5.0  # how long to wait for SIGKILL to take effect
 LOG_TAIL = 20
 SETTLE = 1.0  # a service without gates must stay up this long to count as started
+WAIT_NOTE = 2.0  # while gates are pending, a "waiting on ..." progress event this often (s)
 _SPAWNED = {}
 
 
@@ -361,6 +362,12 @@ class Lifecycle:
             "detail": ("started by %s: " % sup["name"]) + detail,
         }
 
+    def _note(self, name, kind, message):
+        """A progress event inside a long step (spawned, gate passed, waiting on..., stopping), so
+        the client can show what each service is doing while it waits."""
+        message = self.secrets.redact(message)
+        self.emit({"event": "progress", "service": name, "kind": kind, "message": message})
+
     def _result(self, spec, outcome, **kw):
         r = {"name": spec["name"], "outcome": outcome, "pid": None, "gates": [], "detail": ""}
         r.update(kw)
@@ -440,6 +447,9 @@ class Lifecycle:
                         ),
                     )
 
+        missing = missing_checkout(self.checkout, expand(spec.get("cwd") or self.checkout, self.checkout))
+        if missing:  # before env_file: "cannot read .../checkout/x.env" hides the real cause
+            return self._result(spec, "failed", detail=missing)
         env = dict(os.environ)
         for k in list(env):
             if k.startswith("OPS_AGENT"):
@@ -454,12 +464,6 @@ class Lifecycle:
         start_id = "%x.%x" % (int(t_start * 1000), os.getpid())
         env[ownership.MARKER] = ownership.marker_value(self.state_root, name, start_id)
         cwd = self.cwd_of(spec)
-        if not os.path.isdir(cwd):
-            return self._result(
-                spec,
-                "failed",
-                detail=("working directory %s does not exist on the host; deploy the code first" % cwd),
-            )
         try:
             argv = self.resolved_argv(spec)
         except ValueError as exc:
@@ -585,11 +589,13 @@ class Lifecycle:
                 "gating": True,
             },
         )
-        self.emit({"event": "progress", "service": name, "message": "spawned pid %d" % proc.pid})
+        self._note(name, "spawned", "spawned pid %d" % proc.pid)
 
         gates = self._gate_list(spec, children, proc.pid, t_start, watches)
-        deadline = m_start + max([spec["ready"]["timeout"]] + [c["ready"]["timeout"] for c in children])
+        timeout = max([spec["ready"]["timeout"]] + [c["ready"]["timeout"] for c in children])
+        deadline = m_start + timeout
         passed = []
+        note_at = [m_start + WAIT_NOTE]
 
         def fail(gate, detail, exit_code=None):
             return self._failed_start(spec, children, proc, ident["starttime"], start_id, position,
@@ -620,6 +626,8 @@ class Lifecycle:
                             "elapsed": round(self.clock() - m_start, 3),
                         }
                     )
+                    self._note(name, "gate", "gate %s passed after %.2fs"
+                               % (g["name"], passed[-1]["elapsed"]))
             if not gates:
                 self._mark_quietly(name, gating=False)
                 return self._result(
@@ -633,6 +641,11 @@ class Lifecycle:
             if self.clock() >= deadline:
                 g = gates[0]
                 return fail(g["name"], "timed out after %.1fs: %s" % (self.clock() - m_start, g["detail"]))
+            if self.clock() >= note_at[0]:
+                note_at[0] = self.clock() + WAIT_NOTE
+                g = gates[0]
+                self._note(name, "waiting", "waiting on gate %s for %.0fs (timeout %gs): %s"
+                           % (g["name"], self.clock() - m_start, timeout, g["detail"]))
             self.sleep(POLL)
 
     def _gate_list(self, spec, children, pid, t_start, watches):
@@ -836,11 +849,15 @@ class Lifecycle:
         if pid is not None and state.get("supervisor_state"):
             # its SIGTERM handler sets a flag; it then stops the child (TERM, wait, KILL) and exits
             sup = {pid: state.get("starttime")}
+            self._note(name, "stopping", "stopping the supervisor pid %d (SIGTERM; it stops its child)" % pid)
             self._signal([], sup, signal.SIGTERM)
             signalled = [pid]
             self._wait_gone(sup, spec["stop_timeout"] + KILL_WAIT + 1.0)
         # everything the service owns, found by identity: the recorded process, its group (also
         # when its leader died), its tree, and processes carrying its marker
+        if pid is not None:
+            self._note(name, "stopping", "stopping pid %d: SIG%s, then SIGKILL after %gs"
+                       % (pid, spec.get("stop_signal", "TERM"), spec["stop_timeout"]))
         term = self._terminate(
             spec, state, timeout=spec["stop_timeout"], signame=spec.get("stop_signal", "TERM")
         )
@@ -1037,3 +1054,12 @@ class Lifecycle:
             "orphans": orphans,
             "detail": "swept %d orphan(s)" % len(orphans) if orphans else "nothing left",
         })
+
+
+def missing_checkout(checkout, cwd):
+    """Why a service cannot start for want of code on the host (None when the code is there)."""
+    if not os.path.isdir(checkout):
+        return "no checkout at %s on this host yet: run `inv deploy` first (it creates it)" % checkout
+    if not os.path.isdir(cwd):
+        return "working directory %s does not exist in the checkout; run `inv deploy` first" % cwd
+    return None

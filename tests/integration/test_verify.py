@@ -105,7 +105,8 @@ def test_inv_verify_commands_exit_0_with_json_and_never_show_the_token(local_rig
     # a terminal-less run prints a plain table with the tree, like pstree -p
     r = rig.inv_cmd("verify.tree", "demo_api")
     assert r.returncode == 0, r.stderr
-    assert "expected parent: demo_daemon" in r.stdout and "└─ python3(" in r.stdout
+    assert "expected parent: demo_daemon" in r.stdout
+    assert re.search(r"└─ python[\d.]*\(", r.stdout), r.stdout  # python3( or, in a venv, python(
     assert "verify.tree: 1 passed, 0 failed" in r.stdout
 
 

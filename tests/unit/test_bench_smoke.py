@@ -143,6 +143,7 @@ def test_the_bench_inventory_is_one_ops_accepts(tmp_path: Path):
         HostSpec(f"h{i}", f"opstest-h{i}", tmp_path / f"c{i}", tmp_path / f"s{i}", ["tiny"]) for i in range(3)
     ]
     path = tmp_path / "hosts.toml"
+    (tmp_path / "ssh_config").write_text("")  # [ssh] config must name an existing file
     path.write_text(inventory_text(tmp_path / "ssh_config", hosts, '[services.tiny]\ncmd = "sh tiny.sh"\n'))
     inv = inventory.load(path)
     assert sorted(inv.hosts) == ["h0", "h1", "h2"]

@@ -49,8 +49,9 @@ def heavy_in(modules: set[str]) -> list[str]:
 
 @pytest.fixture(scope="module")
 def ops_script() -> str:
-    path = shutil.which("ops")
-    assert path, "the `ops` console script is not on PATH: run `python3 -m pip install -e .`"
+    beside = Path(sys.executable).parent / "ops"  # a venv's script, active or not (./bootstrap)
+    path = str(beside) if beside.exists() else shutil.which("ops")
+    assert path, "the `ops` console script is not installed: run ./bootstrap --test"
     return path
 
 

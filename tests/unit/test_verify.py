@@ -474,10 +474,10 @@ def test_progress_prints_samples_as_they_come_and_checks_only_when_asked() -> No
     out = io.StringIO()
     rep = report.Reporter("plain", out=out)
     sample = {"t": 1.0, "counts": {"w": 3}, "mem_available": 2048 * 1024 * 1024}
-    report.VerifyProgress(rep).event("box", {"event": "sample", "sample": sample})
-    report.VerifyProgress(rep).event("box", {"event": "check", "check": TREE_OK})
-    report.VerifyProgress(rep, checks=True).event("box", {"event": "check", "check": TREE_OK})
-    report.VerifyProgress(rep).event(
+    report.Board(rep, "verify.x", ["box"]).event("box", {"event": "sample", "sample": sample})
+    report.Board(rep, "verify.x", ["box"]).event("box", {"event": "check", "check": TREE_OK})
+    report.Board(rep, "verify.all", ["box"], checks=True).event("box", {"event": "check", "check": TREE_OK})
+    report.Board(rep, "verify.x", ["box"]).event(
         "box", {"event": "progress", "service": "api", "message": "sent SIGKILL"}
     )
     assert out.getvalue() == (
