@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ops import agentpkg
-from ops.errors import AgentError, TransportError
+from ops.errors import AgentError, HostError, TransportError
 from ops.transport import Channel
 
 EventHandler = Callable[[dict[str, Any]], None]
@@ -122,6 +122,8 @@ class AgentSession:
             kind = event.get("event")
             if kind == "result":
                 return event.get("data")
+            if kind == "error" and event.get("os_error"):
+                raise host_error(self.host_name, op, event)
             if kind == "error":
                 raise AgentError(
                     f"{self.host_name}: agent op '{op}' failed: {event.get('type')}: {event.get('message')}",
@@ -136,3 +138,24 @@ class AgentSession:
             self.channel.exit_status(5.0)
             self.channel.close()
             self.channel = None
+
+
+def host_error(host: str, op: str, event: dict[str, Any]) -> HostError:
+    """An agent's system error (its errno, path and what it was writing) as the error a person can
+    act on: what was not written where, and why; exit 1, the host is reachable."""
+    path, what, why = event.get("path"), event.get("what"), event.get("strerror") or event.get("message")
+    if what:
+        text = f"{host}: '{op}' failed: {what} was not written to {path}: {why}"
+    elif path:
+        text = f"{host}: '{op}' failed on the host: {path}: {why}"
+    else:
+        text = f"{host}: '{op}' failed on the host: {why}"
+    code = event.get("errno") or ""
+    where = path or "the state directory"
+    if code in ("ENOSPC", "EDQUOT"):
+        advice = f"free space on the host's filesystem holding {where} (df -h there), then run again"
+    elif code in ("EACCES", "EPERM", "EROFS"):
+        advice = f"make {where} writable by the SSH user on the host, then run again"
+    else:
+        advice = "fix the cause on the host, then run again"
+    return HostError(text, advice, errno_name=code, path=path)

@@ -387,14 +387,20 @@ def local_journal_path() -> Path:
     return Path(base) / "ops" / "journal.jsonl"
 
 
-def append_local_journal(results: list[HostDeploy]) -> None:
+def append_local_journal(results: list[HostDeploy]) -> str | None:
+    """Append the runs to the local journal; a journal that cannot be written (disk full,
+    /dev/full, permissions) is a warning returned to the caller, never a failed deploy."""
     path = local_journal_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
-        for r in results:
-            if r.outcome in ("planned", "skipped"):
-                continue
-            f.write(json.dumps(r.journal_entry(getpass.getuser()), sort_keys=True) + "\n")
+    lines = "".join(json.dumps(r.journal_entry(getpass.getuser()), sort_keys=True) + "\n"
+                    for r in results if r.outcome not in ("planned", "skipped"))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as f:
+            f.write(lines)
+    except OSError as exc:
+        return (f"warning: the local deploy journal {path} was not written "
+                f"({exc.strerror or exc}); the hosts' journals have the runs (inv journal)")
+    return None
 
 
 def _run_batch(hosts: list[Host], fn: Callable[[Host], HostDeploy], cancel: threading.Event,
@@ -432,8 +438,8 @@ def _run_batch(hosts: list[Host], fn: Callable[[Host], HostDeploy], cancel: thre
 
 
 def deploy(inv: Inventory, hosts: list[Host], opts: DeployOptions, on_step: StepCallback | None = None,
-           rollback_only: bool = False, on_interrupt: Callable[[], None] | None = None
-           ) -> list[HostDeploy]:
+           rollback_only: bool = False, on_interrupt: Callable[[], None] | None = None,
+           on_warning: Callable[[str], None] | None = None) -> list[HostDeploy]:
     """Deploy to hosts in parallel, or in rolling batches (--serial N) with --max-fail."""
     run_id = new_run_id()
     cancel = threading.Event()
@@ -475,7 +481,9 @@ def deploy(inv: Inventory, hosts: list[Host], opts: DeployOptions, on_step: Step
             failures += 0 if r.ok else 1
     ordered = [results[h.name] for h in hosts]
     if not opts.dry_run:
-        append_local_journal(ordered)
+        warning = append_local_journal(ordered)
+        if warning:
+            (on_warning or (lambda text: None))(warning)
     return ordered
 
 

@@ -105,6 +105,10 @@ class Reporter:
     def error(self, exc: OpsError) -> None:
         print(f"error: {exc.render()}", file=self.err)
 
+    def warning(self, text: str) -> None:
+        """A problem that did not change the outcome (on stderr, so --json stays parseable)."""
+        print(text, file=self.err, flush=True)
+
     def advice(self, outcomes) -> None:
         """What to do about each host's error (its OpsError's advice), under a table."""
         for o in outcomes:
@@ -262,7 +266,7 @@ class Reporter:
         rows, styles = [], []
         for o in outcomes:
             if not o.ok:
-                rows.append([o.host, "-", "unreachable", "-", o.error.message])
+                rows.append([o.host, "-", _error_kind(o.error), "-", o.error.message])
                 styles.append("red")
                 continue
             for r in o.value.services:
@@ -284,6 +288,9 @@ class Reporter:
         for o in outcomes:
             if not o.ok:
                 continue
+            if any(r.get("state_error") for r in o.value.services):
+                self.line(f"{o.host}: -> free space (or fix permissions) where the state was not "
+                          f"written, then run {phase} again to record it", "yellow")
             for r in o.value.services:
                 if r["outcome"] == "failed" and r.get("log_tail") is not None:
                     code = r.get("exit_code")
@@ -317,6 +324,12 @@ class Reporter:
             print(json.dumps({"line": text}), file=self.out, flush=True)
         else:
             print(text, file=self.out, flush=True)
+
+
+def _error_kind(error) -> str:
+    """How a host's error reads in a table: only a transport error (exit 3) is 'unreachable'; a
+    host that answered with a system error (disk full) is an 'error'."""
+    return "unreachable" if getattr(error, "exit_code", 3) == 3 else "error"
 
 
 # --- deploy ------------------------------------------------------------------------------------

@@ -224,8 +224,11 @@ def _deploy(host, json, rollback_only=False, **opts):
     with report.DeployProgress(rep, [h.name for h in targets]) as progress:
         results = dep.deploy(
             inv, targets, options, on_step=progress.step, rollback_only=rollback_only,
-            on_interrupt=lambda: rep.line("interrupted: each host stops after its current step and "
-                                          "releases its lock (Ctrl-C again to abandon them)", "bold yellow"))
+            on_warning=rep.warning,
+            on_interrupt=lambda: rep.line("interrupted: each host stops after its current step (a host "
+                                          "already stopping finishes start and verify, or rolls back) "
+                                          "and releases its lock (Ctrl-C again to abandon them)",
+                                          "bold yellow"))
     report.deploy_summary(rep, results)
     code = dep.exit_code(results)
     if code:

@@ -12,7 +12,7 @@ import tempfile
 import time
 
 from . import procs
-from .state import expand, read_json, write_json_atomic
+from .state import WriteFailed, expand, read_json, write_json_atomic
 
 GIT_TIMEOUT = 300
 _held_locks = []  # lock files this agent holds; released when the agent exits
@@ -86,7 +86,10 @@ def _lock_holder(path):
 def op_deploy_lock(args, emit):
     """Take the host's deploy lock atomically, content included. Waits up to `wait` seconds."""
     p = _paths(args)
-    os.makedirs(p["state_dir"], exist_ok=True)
+    try:
+        os.makedirs(p["state_dir"], exist_ok=True)
+    except OSError as exc:
+        raise WriteFailed(p["state_dir"], "the state directory", exc) from exc
     me = procs.identity(os.getpid()) or {}
     record = dict(args.get("owner") or {})
     record.update({"agent_pid": os.getpid(), "agent_starttime": me.get("starttime"),
@@ -117,10 +120,16 @@ def _create_lock(path, record):
     """Create the lock file with its content in one step: written to a temp file, then hard-linked
     into place (link fails if the lock exists), so no one ever reads a half-written lock (which
     would look corrupt, hence stale, hence breakable). Without hard links: O_EXCL, then write."""
-    fd, tmp = tempfile.mkstemp(prefix=".lock-", dir=os.path.dirname(path))
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f)
+        fd, tmp = tempfile.mkstemp(prefix=".lock-", dir=os.path.dirname(path))
+    except OSError as exc:
+        raise WriteFailed(path, "the deploy lock", exc) from exc
+    try:
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(record, f)
+        except OSError as exc:
+            raise WriteFailed(path, "the deploy lock", exc) from exc
         os.chmod(tmp, 0o644)
         try:
             os.link(tmp, path)
@@ -296,7 +305,7 @@ def op_deploy_record(args, emit):
         record["current"] = args["commit"]
     record["deployed_at"] = time.time()
     record["run_id"] = args.get("run_id")
-    write_json_atomic(p["record"], record)
+    write_json_atomic(p["record"], record, "the deploy record (which commit runs)")
     return record
 
 
@@ -304,8 +313,11 @@ def op_journal_append(args, emit):
     p = _paths(args)
     os.makedirs(p["state_dir"], exist_ok=True)
     line = json.dumps(args["entry"], sort_keys=True, separators=(",", ":"))
-    with open(p["journal"], "a") as f:
-        f.write(line + "\n")
+    try:
+        with open(p["journal"], "a") as f:
+            f.write(line + "\n")
+    except OSError as exc:
+        raise WriteFailed(p["journal"], "the deploy journal entry", exc) from exc
     return {"path": p["journal"]}
 
 

@@ -643,7 +643,19 @@ class Lifecycle:
             r = self.secrets.redact_obj(r)
             self.emit({"event": "service", "phase": "stop", "result": r})
             results.append(r)
-        return {"ok": all(r["outcome"] != "failed" for r in results), "services": results}
+        ok = all(r["outcome"] != "failed" and not r.get("state_error") for r in results)
+        return {"ok": ok, "services": results}
+
+    def _mark_after_stop(self, result, name, **fields):
+        """Record a stop in the service's state; a failed write (disk full) never aborts the stop
+        of this or the next services: it is reported in the result (and fails the phase)."""
+        try:
+            self.store.mark(name, **fields)
+        except OSError as exc:
+            err = "%s was not written to %s: %s" % (getattr(exc, "what", "its state"), exc.filename,
+                                                    exc.strerror)
+            result["state_error"] = err
+            result["detail"] = result.get("detail", "") + "; " + err
 
     def _verify_child_stopped(self, spec, all_specs):
         sup = all_specs[spec["supervised_by"]]
@@ -706,12 +718,13 @@ class Lifecycle:
                     "detail": "still alive after SIGKILL: %s"
                     % describe_pids(self._snapshot(), term["alive"]),
                 }
-        elif note:
-            self.store.mark(name, stale=True, stale_note=note)
+        marks = {}
+        if pid is None and note:
+            self._mark_after_stop(marks, name, stale=True, stale_note=note)
         swept = self._sweep(spec, children)
         if swept["outcome"] == "failed":
             return dict(swept, signalled=signalled, escalated=escalated, pid=pid)
-        self.store.mark(name, stopped=True, stopped_at=time.time(), stopped_by="user")
+        self._mark_after_stop(marks, name, stopped=True, stopped_at=time.time(), stopped_by="user")
         if pid is None and not swept["orphans"]:
             detail = "was not running" + ("; " + note + " (not signalled)" if note else "")
             outcome = "not-running"
@@ -734,8 +747,9 @@ class Lifecycle:
             "signalled": signalled,
             "escalated": escalated,
             "orphans": swept["orphans"],
-            "detail": detail,
+            "detail": detail + marks.get("detail", ""),
             "note": note,
+            "state_error": marks.get("state_error"),
         }
 
     def _targets(self, table, pid, starttime, pgid, specs, since=None):

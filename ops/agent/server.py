@@ -8,6 +8,7 @@ closes. Work already handed to it finishes even if the client goes away (writes 
 quietly), so a dropped connection never leaves a phase half-done.
 """
 
+import errno
 import json
 import os
 import select
@@ -228,15 +229,29 @@ def _loop(inp, chan):
             data = fn(req.get("args") or {}, emit)
             chan.send({"id": rid, "event": "result", "data": data})
         except Exception as exc:  # report, keep serving
-            chan.send(
-                {
-                    "id": rid,
-                    "event": "error",
-                    "type": type(exc).__name__,
-                    "message": str(exc),
-                    "trace": traceback.format_exc(limit=5),
-                }
-            )
+            event = {
+                "id": rid,
+                "event": "error",
+                "type": type(exc).__name__,
+                "message": str(exc),
+                "trace": traceback.format_exc(limit=5),
+            }
+            event.update(os_error_fields(exc))
+            chan.send(event)
+
+
+def os_error_fields(exc):
+    """A system error on the host (disk full, permission, read-only) is not a bug in the agent:
+    the client reports it as what it is, naming the path and what was not written."""
+    if not isinstance(exc, OSError):
+        return {}
+    return {
+        "os_error": True,
+        "errno": errno.errorcode.get(exc.errno or 0, str(exc.errno)),
+        "strerror": exc.strerror or str(exc),
+        "path": exc.filename,
+        "what": getattr(exc, "what", None),
+    }
 
 
 def main(version=None):
