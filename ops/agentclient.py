@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -12,6 +13,7 @@ from ops.errors import AgentError, HostError, TransportError
 from ops.transport import Channel
 
 EventHandler = Callable[[dict[str, Any]], None]
+STREAM_CHUNK = 256 * 1024  # bytes per write of a streamed file
 AGENT_START_TIMEOUT = 60.0  # s for the agent's hello; a host that takes longer is reported
 
 
@@ -99,15 +101,26 @@ class AgentSession:
         args: dict[str, Any] | None = None,
         on_event: EventHandler | None = None,
         timeout: float | None = None,
+        stream: str | None = None,
     ) -> Any:
-        """One request, one round trip (plus streamed events). Returns the result's data."""
+        """One request, one round trip (plus streamed events). Returns the result's data.
+
+        ``stream``: a file whose bytes follow the request line (the agent copies them to a file
+        on the host in chunks): a bundle of any size is never held in memory on either end."""
         if self.channel is None:
             self.start()
         assert self.channel is not None
         self._next_id += 1
         rid = self._next_id
-        req = json.dumps({"id": rid, "op": op, "args": args or {}}, separators=(",", ":"))
+        head: dict[str, Any] = {"id": rid, "op": op, "args": args or {}}
+        if stream is not None:
+            head["stream"] = os.path.getsize(stream)
+        req = json.dumps(head, separators=(",", ":"))
         self.channel.send(req.encode() + b"\n")
+        if stream is not None:
+            with open(stream, "rb") as f:
+                while chunk := f.read(STREAM_CHUNK):
+                    self.channel.send(chunk)
         deadline = time.monotonic() + (timeout if timeout is not None else self.timeout)
         while True:
             line = self.channel.read_line(deadline)

@@ -62,6 +62,22 @@ class Restart:
     min_uptime: float = 30.0
 
 
+DEFAULT_BUILD_TIMEOUT = 600.0  # s for one build step
+
+
+@dataclass(frozen=True)
+class BuildStep:
+    """One `build` command, run on the host in the delivered code before the services are stopped."""
+
+    name: str
+    cmd: str
+    timeout: float = DEFAULT_BUILD_TIMEOUT
+    service: str | None = None  # a service's step runs with that service's env and env_file
+
+    def to_agent(self) -> dict[str, Any]:
+        return {"name": self.name, "cmd": self.cmd, "timeout": self.timeout, "service": self.service}
+
+
 @dataclass(frozen=True)
 class Service:
     name: str
@@ -83,6 +99,7 @@ class Service:
     max_instances: int | None = None
     restart: Restart = field(default_factory=Restart)
     checks: tuple[str, ...] = ()  # what `verify.all` runs for it, in order (VERIFY_CHECKS); () = default
+    build: tuple[BuildStep, ...] = ()  # run at deploy in the new code, before the stop
 
     @property
     def supervised(self) -> bool:
@@ -154,6 +171,11 @@ class Host:
     branch: str | None = None
     remote: str = "origin"
     min_mem_available_mb: float | None = None  # verify.watch fails below this much MemAvailable
+    build: tuple[BuildStep, ...] = ()  # the host's own build steps (before its services' ones)
+
+    def build_steps(self) -> tuple[BuildStep, ...]:
+        """Every build step of a deploy, in order: the host's, then each service's (start order)."""
+        return self.build + tuple(b for s in self.services for b in s.build)
 
     @property
     def local(self) -> bool:
@@ -216,6 +238,10 @@ def _is_table(v: Any) -> bool:
     return isinstance(v, dict)
 
 
+def _is_build(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str | dict) for x in v)
+
+
 TYPE_NAMES: dict[Checker, str] = {
     _is_str: "a string",
     _is_int: "an integer",
@@ -224,6 +250,7 @@ TYPE_NAMES: dict[Checker, str] = {
     _is_str_list: "a list of strings",
     _is_str_map: "a table of strings",
     _is_table: "a table",
+    _is_build: 'a list of commands (strings, or tables like { cmd = "...", timeout = 600 })',
 }
 
 TOP_KEYS: dict[str, Checker] = {
@@ -256,6 +283,7 @@ HOST_KEYS: dict[str, Checker] = {
     "remote": _is_str,
     "overrides": _is_table,
     "min_mem_available_mb": _is_num,
+    "build": _is_build,
 }
 SERVICE_KEYS: dict[str, Checker] = {
     "cmd": _is_str,
@@ -282,6 +310,7 @@ SERVICE_KEYS: dict[str, Checker] = {
     "breaker": _is_int,
     "min_uptime": _is_num,
     "checks": _is_str_list,
+    "build": _is_build,
 }
 # `checks` values: the verification steps of ops/verify.py ("restart" kills the child: opt-in only).
 VERIFY_CHECKS = ("tree", "restart", "health", "heartbeat", "instances", "orphans")
@@ -818,6 +847,8 @@ def _build_host(
         branch=table.get("branch"),
         remote=table.get("remote", "origin"),
         min_mem_available_mb=_min_mem(ctx, where, table),
+        build=build_steps(ctx, where, table.get("build", []), None,
+                          lambda v: _substitute(ctx, where, "build", v, ports, variables, name)),
     )
 
 
@@ -1005,7 +1036,29 @@ def _build_service(
         max_instances=t.get("max_instances"),
         restart=restart,
         checks=_verify_checks(ctx, where, t, supervised_by, health, heartbeat),
+        build=build_steps(ctx, origin("build"), t.get("build", []), name, lambda v: sub("build", v)),
     )
+
+
+BUILD_STEP_KEYS: dict[str, Checker] = {"cmd": _is_str, "timeout": _is_num, "name": _is_str}
+
+
+def build_steps(ctx: _Ctx, where: str, raw: list[Any], service: str | None,
+                sub: Callable[[str], str] = lambda v: v) -> tuple[BuildStep, ...]:
+    """`build = ["cmd", { cmd = "...", timeout = 900, name = "deps" }]` -> BuildStep tuple."""
+    steps = []
+    for i, item in enumerate(raw):
+        table = {"cmd": item} if isinstance(item, str) else item
+        here = f"{where}.build[{i}]"
+        ctx.check_table(here, table, BUILD_STEP_KEYS)
+        if not table.get("cmd", "").strip():
+            raise ctx.fail(here, "missing or empty key 'cmd'", "give the shell command to run on the host")
+        _check_timeouts(ctx, here, table, ("timeout",))
+        cmd = sub(table["cmd"])
+        label = table.get("name") or (f"{service}: " if service else "") + cmd.split("\n")[0][:60]
+        timeout = float(table.get("timeout", DEFAULT_BUILD_TIMEOUT))
+        steps.append(BuildStep(name=label, cmd=cmd, timeout=timeout, service=service))
+    return tuple(steps)
 
 
 def _verify_checks(

@@ -350,6 +350,11 @@ def deploy_step(rep: Reporter, host: str, step) -> None:
     mark = "ok" if step.ok else "FAILED"
     rep.line(f"{host}: {step.name} {mark} ({step.duration:.2f}s) {step.detail}",
              None if step.ok else "bold red")
+    output = getattr(step, "output", None) or []
+    if output:
+        rep.line(f"{host}: last {len(output)} line(s) of its output:")
+        for ln in output:
+            rep.line(f"  | {ln}")
 
 
 def deploy_summary(rep: Reporter, results) -> None:
@@ -378,14 +383,20 @@ def deploy_plan(rep: Reporter, plan: dict) -> None:
         rep.line(f"  WARNING: the host's checkout has local changes: {', '.join(plan['checkout_dirty'])}")
     if plan["lock"]:
         rep.line(f"  WARNING: a deploy lock is held: {plan['lock']}")
+    for note in plan.get("notes") or []:
+        rep.line(f"  NOTE: {note}")
     rep.line("  1. take the deploy lock")
     rep.line("  2. deliver the commit, purge __pycache__ and *.pyc")
-    rep.line(f"  3. stop (in order): {', '.join(plan['stop']) or '-'}")
+    build = plan.get("build") or []
+    rep.line("  3. build (in the new code, services still running): "
+             + ("; ".join(build) + " - on failure the tree is restored, nothing is stopped"
+                if build else "no build steps"))
+    rep.line(f"  4. stop (in order): {', '.join(plan['stop']) or '-'}")
     for s in plan["would_signal"]:
         rep.line(f"       would signal {s['service']} pid {s['pid']}: {s['signal']}")
     gates = "; ".join(f"{k} [{', '.join(v) or 'no gates'}]" for k, v in plan["gates"].items())
-    rep.line(f"  4. start (in order): {gates or '-'}")
-    rep.line("  5. verify; on failure roll back to the previous commit")
+    rep.line(f"  5. start (in order): {gates or '-'}")
+    rep.line("  6. verify; on failure roll back to the previous commit")
     running = ", ".join(f"{k}={v['state']}" + (f"({v['pid']})" if v["pid"] else "")
                         for k, v in plan["running"].items())
     rep.line(f"  now: {running or 'nothing declared'}")

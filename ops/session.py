@@ -46,8 +46,9 @@ class HostSession:
         args: dict[str, Any] | None = None,
         on_event: EventHandler | None = None,
         timeout: float | None = None,
+        stream: str | None = None,
     ) -> Any:
-        return self.agent.call(op, args, on_event=on_event, timeout=timeout)
+        return self.agent.call(op, args, on_event=on_event, timeout=timeout, stream=stream)
 
     def host_args(self) -> dict[str, Any]:
         return {"name": self.host.name, "path": self.host.path, "state_dir": self.host.state_dir}

@@ -248,11 +248,13 @@ def deploy(c, host=None, dry_run=False, no_rollback=False, lock_wait="0", serial
 
 
 @task(auto_shortflags=False, help={"host": HOST_HELP, "dry-run": "show the plan only", "json": JSON_HELP,
-                                   "lock-wait": DEPLOY_HELP["lock-wait"]})
+                                   "lock-wait": DEPLOY_HELP["lock-wait"],
+                                   "to": "roll back to this commit (of the host's history or the repo)"})
 @errors_to_exit
-def rollback(c, host=None, dry_run=False, lock_wait="0", json=False):
-    """Roll back to the commit deployed before the current one (recorded on the host)."""
-    _deploy(host, json, rollback_only=True, dry_run=dry_run, lock_wait=number(lock_wait, "lock-wait"))
+def rollback(c, host=None, dry_run=False, lock_wait="0", to=None, json=False):
+    """Roll back to the last good deploy before the current one (never to a rolled-back one)."""
+    _deploy(host, json, rollback_only=True, dry_run=dry_run, lock_wait=number(lock_wait, "lock-wait"),
+            to=to or None)
 
 
 @task(auto_shortflags=False, help={"host": HOST_HELP, "force": "break the lock even if its holder runs"})

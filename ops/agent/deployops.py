@@ -3,7 +3,6 @@
 Everything here runs on the host inside the agent, so a deploy step is one round trip.
 """
 
-import base64
 import json
 import os
 import shutil
@@ -186,9 +185,31 @@ def release_held_locks():
 
 
 def op_deploy_probe(args, emit):
+    """What the host runs and has: the checkout, the deploy record (with its history), the lock,
+    and which of the asked commits (plus every commit of the history) the checkout holds."""
     p = _paths(args)
-    return {"checkout": checkout_info(p["checkout"]), "record": read_json(p["record"]) or {},
-            "lock": _lock_holder(p["lock"])}
+    info = checkout_info(p["checkout"])
+    record = read_json(p["record"]) or {}
+    if record.get("corrupt"):
+        record = {}
+    wanted = [c for c in args.get("commits") or [] if c]
+    wanted += [e.get("commit") for e in record.get("history") or [] if isinstance(e, dict)]
+    wanted += [record.get("current"), record.get("previous")]
+    return {"checkout": info, "record": record, "lock": _lock_holder(p["lock"]),
+            "present": present_commits(p["checkout"], wanted) if info["git"] else {}}
+
+
+def present_commits(checkout, commits):
+    """{commit: the checkout has it}, in one git run."""
+    commits = sorted({c for c in commits if isinstance(c, str) and c})
+    if not commits:
+        return {}
+    code, out, _ = _git(["cat-file", "--batch-check"], checkout,
+                        input_bytes=("\n".join(c + "^{commit}" for c in commits) + "\n").encode())
+    if code != 0:
+        return {}
+    lines = out.splitlines()
+    return {c: i < len(lines) and not lines[i].endswith("missing") for i, c in enumerate(commits)}
 
 
 def _step(steps, name, ok, detail, t):
@@ -252,14 +273,13 @@ def op_git_deliver(args, emit):
     if not have:
         t = time.monotonic()
         if mode == "push":
-            fd, bundle = tempfile.mkstemp(prefix=".ops-", suffix=".bundle", dir=p["state_dir"])
-            with os.fdopen(fd, "wb") as f:
-                f.write(base64.b64decode(args["bundle"]))
-            try:
-                code, _, err = _git(["fetch", "-q", "--no-tags", bundle,
-                                     "+refs/ops/deploy:refs/ops/deployed"], checkout)
-            finally:
-                os.unlink(bundle)
+            bundle = args.get("_stream")
+            if not bundle:
+                _step(steps, "fetch", False, "commit %s is not on the host and no bundle was sent"
+                      % commit[:12], t)
+                return {"ok": False, "from": before, "to": commit, "steps": steps}
+            code, _, err = _git(["fetch", "-q", "--no-tags", bundle,
+                                 "+refs/ops/deploy:refs/ops/deployed"], checkout)
             ok = code == 0
             _step(steps, "fetch", ok, err or "fetched from bundle", t)
         else:
@@ -286,12 +306,56 @@ def op_git_deliver(args, emit):
     else:
         code, _, err = _git(["-c", "advice.detachedHead=false", "checkout", "-q", "--detach",
                              commit], checkout)
-    if not _step(steps, "checkout", code == 0, err or "now at %s" % commit[:12], t):
+    problem = None if code == 0 else (err or "git checkout exited %d" % code)
+    if problem is None:
+        # git can exit 0 after a write error (disk full): a truncated file. Prove the tree.
+        problem = tree_problem(checkout, commit)
+    if problem is not None:
+        _step(steps, "checkout", False, problem, t)
+        if before:
+            t = time.monotonic()
+            restored = restore_tree(checkout, before, info["branch"])
+            _step(steps, "restore", restored is None, restored or "the tree is back at %s, clean"
+                  % before[:12], t)
         return {"ok": False, "from": before, "to": commit, "steps": steps}
+    _step(steps, "checkout", True, "now at %s (verified clean)" % commit[:12], t)
     t = time.monotonic()
     dirs, files = _purge(checkout)
     _step(steps, "purge", True, "removed %d __pycache__ dirs, %d .pyc files" % (dirs, files), t)
     return {"ok": True, "from": before, "to": commit, "steps": steps}
+
+
+def tree_problem(checkout, commit):
+    """None if the checkout is exactly `commit` with no changed tracked file; else what is wrong."""
+    code, head, err = _git(["rev-parse", "--verify", "-q", "HEAD"], checkout)
+    if code != 0 or head != commit:
+        return "after checkout HEAD is %s, not %s" % (head[:12] or "unknown", commit[:12])
+    # stat info may be stale after a failed write: refresh, then compare contents
+    _git(["update-index", "-q", "--really-refresh"], checkout)
+    code, out, err = _git(["status", "--porcelain", "--untracked-files=no"], checkout)
+    if code != 0:
+        return "git status failed after checkout: %s" % err
+    if out:
+        changed = [ln[3:] for ln in out.splitlines()]
+        return ("the delivered tree does not match %s (a write failed? disk full?): %s"
+                % (commit[:12], ", ".join(changed[:5]) + (" ..." if len(changed) > 5 else "")))
+    return None
+
+
+def restore_tree(checkout, commit, branch):
+    """Force the checkout back to `commit` (and its branch, if it was on one); None when it is
+    verified clean there, else what is still wrong."""
+    if branch:
+        code, _, err = _git(["checkout", "-q", "-f", "-B", branch, commit], checkout)
+    else:
+        code, _, err = _git(["-c", "advice.detachedHead=false", "checkout", "-q", "-f", "--detach",
+                             commit], checkout)
+    if code != 0:
+        return "restoring %s failed: %s" % (commit[:12], err)
+    return tree_problem(checkout, commit)
+
+
+HISTORY_KEEP = 50  # deploys kept in the record (their commits pinned by refs/ops/history/*)
 
 
 def op_deploy_record(args, emit):
@@ -300,13 +364,43 @@ def op_deploy_record(args, emit):
     record = read_json(p["record"]) or {}
     if record.get("corrupt"):
         record = {}
-    if record.get("current") != args["commit"]:
-        record["previous"] = record.get("current")
-        record["current"] = args["commit"]
-    record["deployed_at"] = time.time()
-    record["run_id"] = args.get("run_id")
+    history = [e for e in record.get("history") or [] if isinstance(e, dict)]
+    if not history and record.get("current"):  # a record from before the history
+        history = [{"commit": c, "via": "deploy", "run_id": None, "at": None}
+                   for c in (record.get("previous"), record["current"]) if c]
+    bad = set(record.get("rolled_back") or [])
+    bad.update(c for c in args.get("rolled_back") or [] if c)
+    commit = args.get("commit")
+    if commit:
+        if args.get("via", "deploy") == "deploy":
+            bad.discard(commit)  # deployed again on purpose: good again
+        if record.get("current") != commit:
+            record["previous"] = record.get("current")
+            record["current"] = commit
+        record["deployed_at"] = time.time()
+        record["run_id"] = args.get("run_id")
+        history.append({"commit": commit, "via": args.get("via", "deploy"),
+                        "run_id": args.get("run_id"), "at": time.time()})
+    for e in history:
+        e["rolled_back"] = e["commit"] in bad
+    dropped, history = history[:-HISTORY_KEEP], history[-HISTORY_KEEP:]
+    record["history"] = history
+    record["rolled_back"] = sorted(bad & {e["commit"] for e in history} | set(args.get("rolled_back") or []))
     write_json_atomic(p["record"], record, "the deploy record (which commit runs)")
+    if commit:
+        _pin(p["checkout"], history, dropped)
     return record
+
+
+def _pin(checkout, history, dropped):
+    """A ref per deploy (refs/ops/history/<run>) so git never prunes a commit we may roll back to;
+    the refs of deploys that left the history are removed."""
+    for e in dropped:
+        if e.get("run_id"):
+            _git(["update-ref", "-d", "refs/ops/history/" + e["run_id"]], checkout)
+    e = history[-1]
+    if e.get("run_id"):
+        _git(["update-ref", "refs/ops/history/" + e["run_id"], e["commit"]], checkout)
 
 
 def op_journal_append(args, emit):
@@ -343,7 +437,7 @@ def op_deploy_finish(args, emit):
     journal entry, release the lock."""
     out = {}
     try:
-        if args.get("commit"):
+        if args.get("commit") or args.get("rolled_back"):
             out["record"] = op_deploy_record(args, emit)
         out["journal"] = op_journal_append(args, emit)
     finally:

@@ -15,10 +15,11 @@ import select
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 
-from . import checks, deployops, procs
+from . import build, checks, deployops, procs
 from .gates import tail_lines
 from .lifecycle import Lifecycle
 from .state import expand
@@ -168,6 +169,7 @@ OPS = {
 
 OPS.update(deployops.OPS)
 OPS.update(checks.OPS)
+OPS.update(build.OPS)
 
 
 def register(name, fn):
@@ -175,7 +177,7 @@ def register(name, fn):
 
 
 def serve(inp=None, out=None):
-    inp = inp or sys.stdin
+    inp = inp or sys.stdin.buffer  # bytes: request lines, and the raw streams that follow some
     chan = Channel(out or sys.stdout)
     # The SSH session may go away mid-phase: finish the work, then exit at EOF.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -213,6 +215,11 @@ def _loop(inp, chan):
         except ValueError:
             chan.send({"event": "error", "type": "protocol", "message": "bad JSON request"})
             continue
+        stream_error = None
+        if req.get("stream"):
+            # N raw bytes follow the request line (a git bundle): copied to a file in bounded
+            # chunks, never held in memory; consumed in full even if the file cannot be written
+            stream_error = _receive(inp, int(req["stream"]), req.setdefault("args", {}))
         fn = OPS.get(req.get("op"))
         if fn is None:
             chan.send(
@@ -226,6 +233,8 @@ def _loop(inp, chan):
             chan.send(event)
 
         try:
+            if stream_error is not None:
+                raise stream_error
             data = fn(req.get("args") or {}, emit)
             chan.send({"id": rid, "event": "result", "data": data})
         except Exception as exc:  # report, keep serving
@@ -238,6 +247,53 @@ def _loop(inp, chan):
             }
             event.update(os_error_fields(exc))
             chan.send(event)
+        finally:
+            path = (req.get("args") or {}).get("_stream")
+            if path:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+
+
+STREAM_CHUNK = 256 * 1024
+
+
+def _receive(inp, size, args):
+    """Copy `size` bytes of the request's stream from inp to a temp file (args["_stream"]), in
+    chunks. Returns None, or the OSError that stopped the copy (the rest is read and dropped so the
+    next request line is where it should be)."""
+    from .state import WriteFailed, expand
+
+    state_dir = (args.get("host") or {}).get("state_dir")
+    error, f = None, None
+    try:
+        d = expand(state_dir) if state_dir else None
+        if d:
+            os.makedirs(d, exist_ok=True)
+        fd, path = tempfile.mkstemp(prefix=".ops-stream-", dir=d)
+        args["_stream"] = path
+        f = os.fdopen(fd, "wb")
+    except OSError as exc:
+        error = WriteFailed(state_dir or "the temp directory", "the received bundle", exc)
+    left = size
+    while left > 0:
+        chunk = inp.read(min(STREAM_CHUNK, left))
+        if not chunk:
+            error = error or EOFError("the stream ended %d bytes early" % left)
+            break
+        left -= len(chunk)
+        if f is not None and error is None:
+            try:
+                f.write(chunk)
+            except OSError as exc:
+                error = WriteFailed(args.get("_stream"), "the received bundle", exc)
+    if f is not None:
+        try:
+            f.close()
+        except OSError as exc:
+            error = error or WriteFailed(args.get("_stream"), "the received bundle", exc)
+    return error
 
 
 def os_error_fields(exc):

@@ -151,3 +151,36 @@ def fill(fs: Path) -> Path:
     finally:
         os.close(fd)
     return filler
+
+
+class Output:
+    """Collects a background process's stdout lines as they come (a reader thread), so a test can
+    wait for a line instead of sleeping."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        import threading
+
+        self.proc = proc
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def text(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, needle: str, timeout: float) -> None:
+        from tests.harness import wait_until
+
+        wait_until(lambda: needle in self.text() or self.proc.poll() is not None, timeout=timeout,
+                   message=f"{needle!r} in the output")
+        assert needle in self.text(), self.text()
+
+    def finish(self, timeout: float) -> str:
+        self.proc.wait(timeout)
+        self._thread.join(10)
+        return self.text()
