@@ -306,7 +306,9 @@ def op_git_deliver(args, emit):
     else:
         code, _, err = _git(["-c", "advice.detachedHead=false", "checkout", "-q", "--detach",
                              commit], checkout)
-    problem = None if code == 0 else (err or "git checkout exited %d" % code)
+    problem = None if code == 0 else "git checkout exited %d: %s" % (code, err or "no message")
+    if problem is None and os.path.exists(os.path.join(checkout, ".git", "index.lock")):
+        problem = "git checkout exited 0 but left .git/index.lock behind (a write failed? disk full?)"
     if problem is None:
         # git can exit 0 after a write error (disk full): a truncated file. Prove the tree.
         problem = tree_problem(checkout, commit)
@@ -314,7 +316,7 @@ def op_git_deliver(args, emit):
         _step(steps, "checkout", False, problem, t)
         if before:
             t = time.monotonic()
-            restored = restore_tree(checkout, before, info["branch"])
+            restored = restore_tree(checkout, before, info["branch"], since=t)
             _step(steps, "restore", restored is None, restored or "the tree is back at %s, clean"
                   % before[:12], t)
         return {"ok": False, "from": before, "to": commit, "steps": steps}
@@ -334,7 +336,9 @@ def tree_problem(checkout, commit):
     _git(["update-index", "-q", "--really-refresh"], checkout)
     code, out, err = _git(["status", "--porcelain", "--untracked-files=no"], checkout)
     if code != 0:
-        return "git status failed after checkout: %s" % err
+        how = "killed by signal %d" % -code if code < 0 else "exit %d" % code
+        return ("the delivered tree cannot be verified (a write failed? disk full?): git status "
+                "failed after checkout (%s): %s" % (how, err or "no message"))
     if out:
         changed = [ln[3:] for ln in out.splitlines()]
         return ("the delivered tree does not match %s (a write failed? disk full?): %s"
@@ -342,9 +346,16 @@ def tree_problem(checkout, commit):
     return None
 
 
-def restore_tree(checkout, commit, branch):
+def restore_tree(checkout, commit, branch, since=None):
     """Force the checkout back to `commit` (and its branch, if it was on one); None when it is
-    verified clean there, else what is still wrong."""
+    verified clean there, else what is still wrong. An index.lock left by our own failed checkout
+    (created since `since`, under the deploy lock) is removed first: no other git run made it."""
+    lock = os.path.join(checkout, ".git", "index.lock")
+    try:
+        if since is not None and os.stat(lock).st_mtime >= time.time() - (time.monotonic() - since) - 1:
+            os.unlink(lock)
+    except OSError:
+        pass
     if branch:
         code, _, err = _git(["checkout", "-q", "-f", "-B", branch, commit], checkout)
     else:
