@@ -319,7 +319,9 @@ class HostDeployer:
         if self.host.build_steps() and not self.step(pre + "build", lambda: self._build(commit),
                                                      force=rollback):
             return "build"
-        self.critical = True
+        if self.cancel.is_set() and not rollback:
+            raise Interrupted(f"{self.host.name}: interrupted before stop")
+        self.critical = True  # from here on, Ctrl-C finishes start and verify, or rolls back
         for name, fn in (("stop", self._stop), ("start", self._start), ("verify", self._verify)):
             if not self.step(pre + name, fn):
                 return name

@@ -122,3 +122,39 @@ def test_a_build_step_that_hangs_is_killed_at_its_timeout(tmp_path, sshd, used):
     assert r.returncode == 1, out
     assert "build step 'hang' timed out after 2s" in out
     assert "waiting" in out
+
+
+def test_ctrl_c_during_the_build_restores_the_tree_and_stops_nothing(tmp_path, sshd, used):
+    from tests.integration.deploykit import Output, spawn_inv
+
+    repo = make_repo(tmp_path)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    inv_path = write_inventory(tmp_path, sshd, {"box": "opstest"})
+    used.append(inv_path)
+    first = git(repo, "rev-parse", "HEAD")
+    assert run_inv(inv_path, repo, "deploy").returncode == 0
+    pid = api_pid(inv_path)
+    wait = (f"touch {marks}/building; i=0; while [ ! -e {marks}/go ] && [ $i -lt 600 ]; "
+            "do sleep 0.1; i=$((i+1)); done")
+    inv_path.write_text(inv_path.read_text().replace(
+        "connect_timeout = 3\n", f'connect_timeout = 3\nbuild = [{{ cmd = "{wait}", timeout = 90 }}]\n', 1))
+    commit_file(repo, "NOTE", "second\n", "second")
+    proc = spawn_inv(inv_path, repo, "deploy")
+    out = Output(proc)
+    try:
+        from tests.harness import wait_until
+
+        wait_until(lambda: (marks / "building").exists(), timeout=30, message="the build started")
+        proc.send_signal(2)
+        out.wait_for("Ctrl-C again to abandon", timeout=20)
+        (marks / "go").touch()
+        text = out.finish(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, text
+    assert "box: restore ok" in text and "box: stop" not in text
+    assert health_commit(inventory.load(inv_path), "box") == first
+    assert api_pid(inv_path) == pid
+    assert git(tmp_path / "hosts/box/checkout", "rev-parse", "HEAD") == first
