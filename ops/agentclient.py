@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ops import agentpkg
-from ops.errors import AgentError, HostError, TransportError
+from ops.errors import AgentError, HostError, LinkDied, TransportError
 from ops.transport import Channel
 
 EventHandler = Callable[[dict[str, Any]], None]
@@ -29,6 +29,7 @@ class AgentSession:
         self.hello: dict[str, Any] = {}
         self._next_id = 0
         self.shipped = False
+        self.broken: str | None = None  # why the channel must not be used again
 
     def start(self) -> dict[str, Any]:
         """Run the agent; ship it first if the host does not have this version, and ship it again
@@ -107,8 +108,31 @@ class AgentSession:
 
         ``stream``: a file whose bytes follow the request line (the agent copies them to a file
         on the host in chunks): a bundle of any size is never held in memory on either end."""
+        if self.broken:
+            kind = LinkDied if self._link_error() else TransportError
+            raise kind(self.host_name, f"'{op}' was not sent: the channel to the agent is not used "
+                                       f"again after: {self.broken}")
         if self.channel is None:
             self.start()
+        assert self.channel is not None
+        try:
+            return self._call(op, args, on_event, timeout, stream)
+        except TransportError as exc:
+            # a channel that timed out or died is never used again: a late answer to the old
+            # request must not be read as the answer to a new one, and a dead link must not cost
+            # a full timeout per remaining step
+            link = self._link_error()
+            self.broken = link or exc.message
+            if link and not isinstance(exc, LinkDied):
+                raise LinkDied(self.host_name, f"{link} during '{op}'") from None
+            raise
+
+    def _link_error(self) -> str | None:
+        probe = getattr(self.transport, "link_error", None)
+        return probe() if probe is not None else None
+
+    def _call(self, op: str, args: dict[str, Any] | None, on_event: EventHandler | None,
+              timeout: float | None, stream: str | None) -> Any:
         assert self.channel is not None
         self._next_id += 1
         rid = self._next_id
@@ -148,7 +172,8 @@ class AgentSession:
     def close(self) -> None:
         if self.channel is not None:
             self.channel.shutdown_write()
-            self.channel.exit_status(5.0)
+            if not self.broken:  # a dead link answers nothing: do not wait for it
+                self.channel.exit_status(5.0)
             self.channel.close()
             self.channel = None
 

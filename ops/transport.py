@@ -192,6 +192,9 @@ class LocalTransport:
     def close(self) -> None:
         return None
 
+    def link_error(self) -> str | None:
+        return None
+
     def describe(self) -> str:
         return "local"
 
@@ -227,6 +230,11 @@ class SSHTransport:
         self.host = host
         self.inventory = inventory
         self.conn = None
+        self.watch: LinkWatch | None = None
+
+    def link_error(self) -> str | None:
+        """Why the link to the host is known dead (keepalives unanswered), or None."""
+        return self.watch.dead if self.watch is not None else None
 
     def _config(self):
         from fabric import Config
@@ -283,9 +291,10 @@ class SSHTransport:
             sock = getattr(hop.transport, "sock", None)
             if isinstance(sock, socket.socket):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            hop.transport.set_keepalive(15)
             hop = hop.gateway if isinstance(hop.gateway, Connection) else None
         self.conn = conn
+        interval, count = keepalive_settings(conn.ssh_config)
+        self.watch = LinkWatch(conn.transport, interval, count)
 
     def _connect_error(self, exc: Exception, kh: str, target: str, timeout: int) -> Exception:
         """paramiko's and the socket's exceptions -> the OpsError a person can act on."""
@@ -344,11 +353,95 @@ class SSHTransport:
 
     def close(self) -> None:
         conn, self.conn = self.conn, None
+        if self.watch is not None:
+            self.watch.stop()
         if conn is not None:
             _close_hops(conn)
 
     def describe(self) -> str:
         return f"ssh {self.host.ssh}"
+
+
+DEFAULT_ALIVE_INTERVAL = 5.0  # s between keepalives when ssh_config sets no ServerAliveInterval
+DEFAULT_ALIVE_COUNT = 3  # unanswered keepalives before the link is declared dead (OpenSSH's default)
+
+
+def keepalive_settings(ssh_config) -> tuple[float, int]:
+    """(ServerAliveInterval, ServerAliveCountMax) from the host's ssh_config, with a sane default:
+    OpenSSH sends none by default, which leaves a dead link unnoticed for minutes (TCP
+    retransmissions); 5 s x 3 notices it in 15 s. ServerAliveInterval 0 keeps the default too: a
+    tool that must give up on dead links cannot turn the check off."""
+
+    def number(key: str, default: float) -> float:
+        try:
+            value = float(ssh_config.get(key, default))
+        except (TypeError, ValueError):
+            return default
+        return value if value > 0 else default
+
+    return number("serveraliveinterval", DEFAULT_ALIVE_INTERVAL), int(number("serveralivecountmax",
+                                                                             DEFAULT_ALIVE_COUNT))
+
+
+class LinkWatch:
+    """OpenSSH's ServerAlive for a paramiko transport. paramiko's own keepalive sends requests
+    that want no reply, so it never notices a dead link. Here a `keepalive@openssh.com` global
+    request wants a reply (any server answers it, with a failure); `count` unanswered in a row,
+    `interval` apart, mark the link dead and close the transport, which wakes every channel
+    reader at once (it reads EOF; the caller asks link_error() why)."""
+
+    def __init__(self, transport, interval: float, count: int) -> None:  # noqa: ANN001
+        self.transport = transport
+        self.interval = interval
+        self.count = count
+        self.dead: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ops-keepalive", daemon=True)
+        self._thread.start()
+
+    @property
+    def window(self) -> float:
+        return self.interval * self.count
+
+    def _ping(self) -> threading.Event:
+        from paramiko.common import cMSG_GLOBAL_REQUEST
+        from paramiko.message import Message
+
+        answered = threading.Event()
+        self.transport.completion_event = answered  # set by paramiko on REQUEST_SUCCESS/FAILURE
+        m = Message()
+        m.add_byte(cMSG_GLOBAL_REQUEST)
+        m.add_string("keepalive@openssh.com")
+        m.add_boolean(True)
+        self.transport._send_user_message(m)
+        return answered
+
+    def _run(self) -> None:
+        """Idle `interval`, ping, wait `interval` for the answer; after a miss ping again at once.
+        Dead after `count` misses in a row: at most interval * (count + 1) after the link died."""
+        misses = 0
+        while not self._stop.wait(0 if misses else self.interval):
+            if not self.transport.is_active():
+                return
+            try:
+                answered = self._ping()
+            except Exception:  # the transport broke under us: its readers see EOF already
+                return
+            if answered.wait(self.interval):
+                misses = 0
+                continue
+            misses += 1
+            if misses >= self.count and not self._stop.is_set():
+                self.dead = (f"the link died: no answer to {self.count} keepalives "
+                             f"{self.interval:g}s apart (ServerAliveInterval/ServerAliveCountMax)")
+                try:
+                    self.transport.close()
+                except Exception:
+                    pass
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 def fingerprint(key) -> str:
