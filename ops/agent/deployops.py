@@ -217,16 +217,36 @@ def _step(steps, name, ok, detail, t):
     return ok
 
 
+def tracked_dirs(checkout):
+    """Every directory holding a tracked file (and its parents), relative, "" for the top; None if
+    git cannot say."""
+    code, out, _ = _git(["ls-files", "-z"], checkout)
+    if code != 0:
+        return None
+    dirs = {""}
+    for path in out.split("\0"):
+        d = os.path.dirname(path)
+        while d not in dirs:
+            dirs.add(d)
+            d = os.path.dirname(d)
+    return dirs
+
+
 def _purge(checkout):
-    """Remove every __pycache__ directory and stray *.pyc under the checkout (not inside .git)."""
+    """Remove every __pycache__ directory and stray *.pyc in the checkout's tracked directories.
+    Untracked directories (.venv, node_modules, data) are never walked: a deploy must not wipe the
+    bytecode of a virtualenv or spend minutes in node_modules."""
+    tracked = tracked_dirs(checkout)
     dirs = files = 0
     for root, dnames, fnames in os.walk(checkout):
-        if ".git" in dnames:
-            dnames.remove(".git")
+        rel = os.path.relpath(root, checkout)
+        rel = "" if rel == "." else rel
         if "__pycache__" in dnames:
             shutil.rmtree(os.path.join(root, "__pycache__"), ignore_errors=True)
-            dnames.remove("__pycache__")
             dirs += 1
+        dnames[:] = [d for d in dnames if d not in (".git", "__pycache__")
+                     and (tracked is None and d not in (".venv", "venv", "node_modules")
+                          or tracked is not None and os.path.join(rel, d) in tracked)]
         for fn in fnames:
             if fn.endswith((".pyc", ".pyo")):
                 try:
@@ -419,6 +439,7 @@ def op_journal_append(args, emit):
     os.makedirs(p["state_dir"], exist_ok=True)
     line = json.dumps(args["entry"], sort_keys=True, separators=(",", ":"))
     try:
+        _rotate(p["journal"], int(args.get("journal_max") or JOURNAL_MAX))
         with open(p["journal"], "a") as f:
             f.write(line + "\n")
     except OSError as exc:
@@ -426,14 +447,42 @@ def op_journal_append(args, emit):
     return {"path": p["journal"]}
 
 
+JOURNAL_MAX = 1 << 20  # bytes: a bigger journal is moved to journal.jsonl.1 (one old file kept)
+
+
+def _rotate(path, limit):
+    try:
+        if os.path.getsize(path) >= limit:
+            os.replace(path, path + ".1")
+    except FileNotFoundError:
+        pass
+
+
+def _last_lines(path, n):
+    """The last n lines of a file, read from its end (a journal can be large)."""
+    if n <= 0:
+        return []
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            block, data = 65536, b""
+            while size > 0 and data.count(b"\n") <= n:
+                step = min(block, size)
+                size -= step
+                f.seek(size)
+                data = f.read(step) + data
+    except FileNotFoundError:
+        return []
+    return [ln.decode("utf-8", "replace") for ln in data.splitlines()[-n:]]
+
+
 def op_journal_read(args, emit):
     p = _paths(args)
     n = int(args.get("last") or 20)
-    try:
-        with open(p["journal"]) as f:
-            lines = f.readlines()[-n:]
-    except FileNotFoundError:
-        return {"path": p["journal"], "entries": []}
+    lines = _last_lines(p["journal"], n)
+    if len(lines) < n:  # the rest from the rotated file
+        lines = _last_lines(p["journal"] + ".1", n - len(lines)) + lines
     entries = []
     for ln in lines:
         try:
