@@ -240,6 +240,7 @@ class HostDeployer:
         self.critical = False  # stop has begun: finish start+verify or roll back, whatever happens
         self.delivered = False  # the tree was changed: restore it if we end before stop
         self.present: dict[str, bool] = {}  # commit -> the host has it (from the probe)
+        self.reused = False  # releases: the last delivery found its release there, built
 
     def _args(self, **extra: Any) -> dict[str, Any]:
         return {"host": self.s.host_args(), **extra}
@@ -265,21 +266,22 @@ class HostDeployer:
 
     def _deliver(self, commit: str, basis: str | None, rollback: bool = False) -> tuple[bool, str]:
         args = self._args(commit=commit, mode=self.host.source, remote=self.host.remote,
-                          rollback=rollback)
+                          rollback=rollback, needs_build=bool(self.host.build_steps()))
         stream = None
         if self.host.source == "push" and not self.present.get(commit, False):
             if self.bundles is None or not self.bundles.has(commit):
                 return False, missing_commit_text(self.host, commit, self.bundles)
             stream = self.bundles.path(commit, basis)
         r = self.s.call("git_deliver", args, stream=stream)
+        self.reused = bool(r.get("reused"))
         detail = "; ".join(f"{x['name']}: {x['detail']}" for x in r["steps"])
         return r["ok"], detail
 
     def _build(self, commit: str) -> tuple[bool, str, list[str]]:
         steps = self.host.build_steps()
         r = self.s.call("build", self._args(
-            cwd=self.host.path, commit=commit, steps=[b.to_agent() for b in steps],
-            all_services=[s.to_agent() for s in self.host.services]),
+            cwd=self._tree(commit), commit=commit, steps=[b.to_agent() for b in steps],
+            all_services=[s.to_agent() for s in self.host.services], mark_built=self.host.releases),
             timeout=sum(b.timeout for b in steps) + 60.0)
         took = sum(x["duration"] for x in r["steps"])
         if r["ok"]:
@@ -288,6 +290,16 @@ class HostDeployer:
         why = (f"timed out after {last['duration']:.0f}s" if last["timed_out"]
                else f"exited with code {last['exit_code']}")
         return False, f"build step '{last['name']}' {why}", last["tail"]
+
+    def _tree(self, commit: str) -> str:
+        """Where the new code is on the host: the checkout, or the commit's release."""
+        if self.host.releases:
+            return f"{self.host.root.rstrip('/')}/releases/{commit}"
+        return self.host.path
+
+    def _switch(self, commit: str) -> tuple[bool, str]:
+        r = self.s.call("release_switch", self._args(commit=commit))
+        return r["ok"], r["detail"]
 
     def _stop(self) -> tuple[bool, str]:
         r = control.stop(self.s)
@@ -316,20 +328,25 @@ class HostDeployer:
         if not self.step(pre + "deliver", lambda: self._deliver(commit, basis, rollback), force=rollback):
             return "deliver"
         self.delivered = True
-        if self.host.build_steps() and not self.step(pre + "build", lambda: self._build(commit),
-                                                     force=rollback):
+        built = self.host.releases and self.reused  # a release that passed its build already
+        if self.host.build_steps() and not built and not self.step(
+                pre + "build", lambda: self._build(commit), force=rollback):
             return "build"
         if self.cancel.is_set() and not rollback:
             raise Interrupted(f"{self.host.name}: interrupted before stop")
         self.critical = True  # from here on, Ctrl-C finishes start and verify, or rolls back
-        for name, fn in (("stop", self._stop), ("start", self._start), ("verify", self._verify)):
+        phases: list[tuple[str, Callable[[], tuple[bool, str]]]] = [("stop", self._stop)]
+        if self.host.releases:
+            phases.append(("switch", lambda: self._switch(commit)))
+        phases += [("start", self._start), ("verify", self._verify)]
+        for name, fn in phases:
             if not self.step(pre + name, fn):
                 return name
         return "ok"
 
     def _restore(self, commit: str | None) -> None:
         """Before stop: put the tree back at what runs (the old code keeps serving untouched)."""
-        if commit and self.delivered and not self.critical:
+        if commit and self.delivered and not self.critical and not self.host.releases:
             self.step("restore", lambda: self._deliver(commit, None, rollback=True), force=True)
 
     def run(self, target: str | None = None, rollback_only: bool = False) -> HostDeploy:
@@ -357,7 +374,8 @@ class HostDeployer:
             if not r.to_commit:
                 r.outcome, r.error = "failed", why
                 return r
-            stage = self._roll(r.to_commit, probe["checkout"]["head"], rollback=rollback_only)
+            basis = probe["checkout"].get("basis", probe["checkout"]["head"])  # what the host's git has
+            stage = self._roll(r.to_commit, basis, rollback=rollback_only)
             if stage == "ok":
                 recorded = r.to_commit
                 r.outcome = "ok"
@@ -522,6 +540,7 @@ def build_plan(host: Host, source: Source | None, target: str | None, probe: dic
         "running": {k: {"state": v["state"], "pid": v["pid"]} for k, v in running.items()},
         "would_signal": signalled,
         "build": [b.name for b in host.build_steps()],
+        "layout": host.layout,
         "notes": list(notes or []),
     }
 

@@ -172,6 +172,14 @@ class Host:
     remote: str = "origin"
     min_mem_available_mb: float | None = None  # verify.watch fails below this much MemAvailable
     build: tuple[BuildStep, ...] = ()  # the host's own build steps (before its services' ones)
+    layout: str = "in-place"  # "in-place": deploy into `path`; "releases": releases/<commit> + current
+    root: str = ""  # `path` as written: the checkout (in-place) or the releases root
+    shared: tuple[str, ...] = ()  # releases: paths linked from <root>/shared into every release
+    keep: int = 5  # releases: how many releases to keep
+
+    @property
+    def releases(self) -> bool:
+        return self.layout == "releases"
 
     def build_steps(self) -> tuple[BuildStep, ...]:
         """Every build step of a deploy, in order: the host's, then each service's (start order)."""
@@ -284,6 +292,9 @@ HOST_KEYS: dict[str, Checker] = {
     "overrides": _is_table,
     "min_mem_available_mb": _is_num,
     "build": _is_build,
+    "layout": _is_str,
+    "shared": _is_str_list,
+    "keep": _is_int,
 }
 SERVICE_KEYS: dict[str, Checker] = {
     "cmd": _is_str,
@@ -742,6 +753,22 @@ def _build_host(
     path = table["path"]
     if is_local and not path.startswith(("/", "~")):
         path = str(base / path)
+    root = path
+    layout = table.get("layout", "in-place")
+    if layout not in ("in-place", "releases"):
+        raise ctx.fail(where, f'key \'layout\' must be "in-place" or "releases", got {layout!r}')
+    if layout == "in-place" and ("shared" in table or "keep" in table):
+        raise ctx.fail(where, "keys 'shared' and 'keep' need layout = \"releases\"",
+                       'set layout = "releases", or remove them')
+    if table.get("keep", 1) < 1:
+        raise ctx.fail(where, f"key 'keep' must be 1 or more, got {table['keep']}")
+    for item in table.get("shared", []):
+        parts = item.split("/")
+        if not item or item.startswith(("/", "~")) or ".." in parts or item in (".", "current"):
+            raise ctx.fail(where, f"key 'shared' lists {item!r}: give paths relative to a release, "
+                                  "without '..'")
+    if layout == "releases":
+        path = root.rstrip("/") + "/current"  # what the services run in (${path}, default cwd)
     state_dir = table.get("state_dir", f"~/.local/state/ops/{name}")
     if is_local and not state_dir.startswith(("/", "~")):
         state_dir = str(base / state_dir)
@@ -849,6 +876,10 @@ def _build_host(
         min_mem_available_mb=_min_mem(ctx, where, table),
         build=build_steps(ctx, where, table.get("build", []), None,
                           lambda v: _substitute(ctx, where, "build", v, ports, variables, name)),
+        layout=layout,
+        root=root,
+        shared=tuple(table.get("shared", [])),
+        keep=table.get("keep", 5),
     )
 
 

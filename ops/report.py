@@ -394,6 +394,8 @@ def deploy_plan(rep: Reporter, plan: dict) -> None:
     rep.line(f"  4. stop (in order): {', '.join(plan['stop']) or '-'}")
     for s in plan["would_signal"]:
         rep.line(f"       would signal {s['service']} pid {s['pid']}: {s['signal']}")
+    if plan.get("layout") == "releases":
+        rep.line(f"     then switch current -> releases/{_short(plan['to'])}")
     gates = "; ".join(f"{k} [{', '.join(v) or 'no gates'}]" for k, v in plan["gates"].items())
     rep.line(f"  5. start (in order): {gates or '-'}")
     rep.line("  6. verify; on failure roll back to the previous commit")

@@ -51,7 +51,11 @@ class HostSession:
         return self.agent.call(op, args, on_event=on_event, timeout=timeout, stream=stream)
 
     def host_args(self) -> dict[str, Any]:
-        return {"name": self.host.name, "path": self.host.path, "state_dir": self.host.state_dir}
+        args = {"name": self.host.name, "path": self.host.path, "state_dir": self.host.state_dir}
+        if self.host.releases:  # the deploy ops work in the releases root, not in current
+            args.update(layout="releases", root=self.host.root, shared=list(self.host.shared),
+                        keep=self.host.keep)
+        return args
 
     def service_args(self, services: list[Service]) -> dict[str, Any]:
         return {

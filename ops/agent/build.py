@@ -108,6 +108,10 @@ def op_build(args, emit):
         if not r["ok"]:
             ok = False
             break
+    if ok and args.get("mark_built"):  # layout = "releases": this release may be switched to
+        from .releases import mark_built
+
+        mark_built(cwd)
     return {"ok": ok, "steps": out}
 
 

@@ -10,7 +10,7 @@ import subprocess
 import tempfile
 import time
 
-from . import procs
+from . import procs, releases
 from .state import WriteFailed, expand, read_json, write_json_atomic
 
 GIT_TIMEOUT = 300
@@ -188,15 +188,19 @@ def op_deploy_probe(args, emit):
     """What the host runs and has: the checkout, the deploy record (with its history), the lock,
     and which of the asked commits (plus every commit of the history) the checkout holds."""
     p = _paths(args)
-    info = checkout_info(p["checkout"])
     record = read_json(p["record"]) or {}
     if record.get("corrupt"):
         record = {}
     wanted = [c for c in args.get("commits") or [] if c]
     wanted += [e.get("commit") for e in record.get("history") or [] if isinstance(e, dict)]
     wanted += [record.get("current"), record.get("previous")]
-    return {"checkout": info, "record": record, "lock": _lock_holder(p["lock"]),
-            "present": present_commits(p["checkout"], wanted) if info["git"] else {}}
+    if args["host"].get("layout") == "releases":
+        info = releases.checkout_info(args["host"], _git)
+        have = releases.present(args["host"], sorted({c for c in wanted if c}), _git)
+    else:
+        info = checkout_info(p["checkout"])
+        have = present_commits(p["checkout"], wanted) if info["git"] else {}
+    return {"checkout": info, "record": record, "lock": _lock_holder(p["lock"]), "present": have}
 
 
 def present_commits(checkout, commits):
@@ -267,6 +271,13 @@ def op_git_deliver(args, emit):
     commit = args["commit"]
     mode = args["mode"]
     steps = []
+    if args["host"].get("layout") == "releases":
+        def step(name, ok, detail, t):
+            return _step(steps, name, ok, detail, t)
+
+        ok, reused = releases.deliver(args, _git, step)
+        return {"ok": ok, "reused": reused, "from": releases.current_commit(args["host"]), "to": commit,
+                "steps": steps}
     info = checkout_info(checkout)
     before = info["head"]
     t = time.monotonic()
@@ -499,13 +510,24 @@ def op_deploy_finish(args, emit):
     try:
         if args.get("commit") or args.get("rolled_back"):
             out["record"] = op_deploy_record(args, emit)
+        if args.get("commit") and args["host"].get("layout") == "releases":
+            keep = int(args["host"].get("keep") or 5)
+            protect = {args["commit"], (out["record"] or {}).get("previous")}
+            out["pruned"] = releases.prune(args["host"], keep, protect)
         out["journal"] = op_journal_append(args, emit)
     finally:
         out["unlock"] = op_deploy_unlock(args, emit)
     return out
 
 
+def op_release_switch(args, emit):
+    """layout = "releases": point `current` at the release of `commit` (atomic)."""
+    ok, detail = releases.switch(args["host"], args["commit"])
+    return {"ok": ok, "detail": detail}
+
+
 OPS = {
+    "release_switch": op_release_switch,
     "deploy_finish": op_deploy_finish,
     "deploy_lock": op_deploy_lock,
     "deploy_unlock": op_deploy_unlock,
