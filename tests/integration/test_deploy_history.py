@@ -123,3 +123,13 @@ def test_a_commit_the_host_lost_is_sent_as_a_bundle_or_refused_with_advice(three
     r = run_inv(inv_path, repo, "rollback")
     assert r.returncode == 0, r.stdout + r.stderr
     serves(inv_path, b)
+
+
+def test_rollback_on_a_host_with_no_deploy_fails_in_the_dry_run_as_in_the_real_run(tmp_path, sshd, used):
+    repo = make_repo(tmp_path)
+    inv_path = write_inventory(tmp_path, sshd, {"box": "opstest"})
+    used.append(inv_path)
+    for args in (("rollback", "--dry-run"), ("rollback",)):
+        r = run_inv(inv_path, repo, *args)
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert "no deploy is recorded on the host" in r.stdout and "plan for" not in r.stdout
