@@ -376,6 +376,35 @@ def test_ctrl_c_once_stop_has_begun_finishes_start_and_verify_and_releases_the_l
         assert [x["state"] for x in control.status(s)] == ["running"]
 
 
+def test_ctrl_c_during_a_failing_start_still_rolls_back_and_leaves_the_old_code_running(
+        tmp_path, sshd, repo, cleanup_hosts):
+    inv_path = slow_setup(tmp_path, sshd, repo)
+    cleanup_hosts(inv_path)
+    assert run_inv(inv_path, repo, "deploy").returncode == 0
+    good = git(repo, "rev-parse", "HEAD")
+    script = repo / "late_ready.py"
+    script.write_text(script.read_text().replace('    print(args.line, flush=True)\n',
+                                                 '    raise SystemExit("broken on purpose")\n', 1))
+    git(repo, "commit", "-qam", "broken start")
+    log = tmp_path / "hosts/box/state/logs/slow.log"
+    seen = log.read_text().count("booting")
+    proc = start_deploy(inv_path, repo)
+    try:
+        wait_until(lambda: log.read_text().count("booting") > seen, timeout=30, message="the new start")
+        if not os.environ.get("NOSIG"):
+            proc.send_signal(2)
+        out, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == deploy.EXIT_ROLLED_BACK, out + err
+    assert "rollback-start ok" in out and "rollback-verify ok" in out, out
+    inv = inventory.load(inv_path)
+    with connect(inv, inv.hosts["box"]) as s:
+        assert [x["state"] for x in control.status(s)] == ["running"]
+    assert git(tmp_path / "hosts/box/checkout", "rev-parse", "HEAD") == good
+
+
 def test_a_second_ctrl_c_abandons_the_deploy(tmp_path, sshd, repo, cleanup_hosts):
     inv_path = slow_setup(tmp_path, sshd, repo)
     cleanup_hosts(inv_path)
