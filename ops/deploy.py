@@ -325,14 +325,16 @@ class HostDeployer:
     def _roll(self, commit: str, basis: str | None, rollback: bool) -> str:
         """Deliver, build, stop, start, verify; the name of the stage that failed, or "ok"."""
         pre = "rollback-" if rollback else ""
-        if not self.step(pre + "deliver", lambda: self._deliver(commit, basis, rollback), force=rollback):
+        # a rollback after a failure is part of the critical section: Ctrl-C does not stop it
+        if not self.step(pre + "deliver", lambda: self._deliver(commit, basis, rollback),
+                         force=self.critical):
             return "deliver"
         self.delivered = True
         built = self.host.releases and self.reused  # a release that passed its build already
         if self.host.build_steps() and not built and not self.step(
-                pre + "build", lambda: self._build(commit), force=rollback):
+                pre + "build", lambda: self._build(commit), force=self.critical):
             return "build"
-        if self.cancel.is_set() and not rollback:
+        if self.cancel.is_set() and not self.critical:
             raise Interrupted(f"{self.host.name}: interrupted before stop")
         self.critical = True  # from here on, Ctrl-C finishes start and verify, or rolls back
         phases: list[tuple[str, Callable[[], tuple[bool, str]]]] = [("stop", self._stop)]
@@ -403,11 +405,22 @@ class HostDeployer:
         finally:
             r.duration = time.monotonic() - t0
             if not link_dead:
-                # record (on success) + journal + unlock: one round trip
-                self.s.call("deploy_finish", self._args(
-                    commit=recorded, run_id=r.run_id, via="rollback" if rollback_only else "deploy",
-                    rolled_back=marked, entry=r.journal_entry(getpass.getuser())))
+                self._finish(recorded, marked, rollback_only)
         return r
+
+    def _finish(self, recorded: str | None, marked: list[str], rollback_only: bool) -> None:
+        """Record (on success) + journal + unlock: one round trip. A record that cannot be written
+        (a full disk) fails the run: the host runs a commit its history does not know."""
+        r = self.result
+        try:
+            self.s.call("deploy_finish", self._args(
+                commit=recorded, run_id=r.run_id, via="rollback" if rollback_only else "deploy",
+                rolled_back=marked, entry=r.journal_entry(getpass.getuser())))
+        except TransportError:
+            raise
+        except OpsError as exc:
+            what = f"{r.outcome}, but the end of the run was not recorded: {exc.message}"
+            r.outcome, r.error, r.advice = "failed", what, exc.advice
 
     def _first_failure(self) -> str:
         return next((s.detail for s in self.result.steps if not s.ok), "")
