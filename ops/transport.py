@@ -386,58 +386,63 @@ def keepalive_settings(ssh_config) -> tuple[float, int]:
 class LinkWatch:
     """OpenSSH's ServerAlive for a paramiko transport. paramiko's own keepalive sends requests
     that want no reply, so it never notices a dead link. Here a `keepalive@openssh.com` global
-    request wants a reply (any server answers it, with a failure); `count` unanswered in a row,
-    `interval` apart, mark the link dead and close the transport, which wakes every channel
-    reader at once (it reads EOF; the caller asks link_error() why)."""
+    request wants a reply (any server answers it, with a failure) every `interval` seconds; when
+    none has been answered for `count` intervals the link is dead: the transport is closed, which
+    wakes every channel reader at once (it reads EOF; the caller asks `dead` why). The judge is a
+    thread of its own, so a ping stuck behind a full send buffer on a dead link is judged too."""
 
     def __init__(self, transport, interval: float, count: int) -> None:  # noqa: ANN001
         self.transport = transport
         self.interval = interval
         self.count = count
         self.dead: str | None = None
+        self._waiting_since: float | None = None  # the oldest unanswered ping
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="ops-keepalive", daemon=True)
-        self._thread.start()
+        for target in (self._pinger, self._judge):
+            threading.Thread(target=target, name="ops-keepalive", daemon=True).start()
 
     @property
     def window(self) -> float:
         return self.interval * self.count
 
-    def _ping(self) -> threading.Event:
+    def _ping(self, answered: threading.Event) -> None:
         from paramiko.common import cMSG_GLOBAL_REQUEST
         from paramiko.message import Message
 
-        answered = threading.Event()
         self.transport.completion_event = answered  # set by paramiko on REQUEST_SUCCESS/FAILURE
         m = Message()
         m.add_byte(cMSG_GLOBAL_REQUEST)
         m.add_string("keepalive@openssh.com")
         m.add_boolean(True)
         self.transport._send_user_message(m)
-        return answered
 
-    def _run(self) -> None:
-        """Idle `interval`, ping, wait `interval` for the answer; after a miss ping again at once.
-        Dead after `count` misses in a row: at most interval * (count + 1) after the link died."""
-        misses = 0
-        while not self._stop.wait(0 if misses else self.interval):
+    def _pinger(self) -> None:
+        while not self._stop.wait(self.interval):
             if not self.transport.is_active():
                 return
+            if self._waiting_since is None:
+                self._waiting_since = time.monotonic()
+            answered = threading.Event()
             try:
-                answered = self._ping()
+                self._ping(answered)
             except Exception:  # the transport broke under us: its readers see EOF already
                 return
             if answered.wait(self.interval):
-                misses = 0
-                continue
-            misses += 1
-            if misses >= self.count and not self._stop.is_set():
-                self.dead = (f"the link died: no answer to {self.count} keepalives "
-                             f"{self.interval:g}s apart (ServerAliveInterval/ServerAliveCountMax)")
+                self._waiting_since = None
+
+    def _judge(self) -> None:
+        while not self._stop.wait(min(1.0, self.interval / 2)):
+            since = self._waiting_since
+            if since is not None and time.monotonic() - since >= self.window:
+                self.dead = (f"the link died: no answer to keepalives for {self.window:g}s "
+                             f"(ServerAliveInterval {self.interval:g} x ServerAliveCountMax {self.count})")
+                self._stop.set()
                 try:
                     self.transport.close()
                 except Exception:
                     pass
+                return
+            if not self.transport.is_active():
                 return
 
     def stop(self) -> None:
