@@ -116,3 +116,31 @@ def test_releases_layout_a_failed_export_switches_nothing(tmp_path, sshd, used):
         assert [d for d in os.listdir(root / "releases")] == [a]  # no half-exported release left
         serves(inv_path, a)
         stop_everything([inv_path])
+
+
+def test_releases_layout_a_failed_build_switches_nothing_and_is_rebuilt_next_time(tmp_path, sshd, used):
+    repo = make_repo(tmp_path)
+    root = tmp_path / "hosts/box/app"
+    flag = tmp_path / "build-may-pass"
+    inv_path = write_inventory(
+        tmp_path, sshd, {"box": "opstest"}, checkout=root,
+        extra=(f'layout = "releases"\n'
+               f'build = ["test -e {flag} && touch built-here || (echo no flag; exit 2)"]'))
+    used.append(inv_path)
+    flag.touch()
+    a = git(repo, "rev-parse", "HEAD")
+    assert run_inv(inv_path, repo, "deploy").returncode == 0
+    flag.unlink()
+    b = commit_file(repo, "B", "B", "B")
+    r = run_inv(inv_path, repo, "deploy")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "exited with code 2" in r.stdout and "no flag" in r.stdout and "box: stop" not in r.stdout
+    assert os.readlink(root / "current") == f"releases/{a}"
+    serves(inv_path, a)
+    # the release that failed its build is not reused as it is: exported and built again
+    flag.touch()
+    r = run_inv(inv_path, repo, "deploy")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "reusing" not in r.stdout and "box: build ok" in r.stdout
+    assert (root / "releases" / b / "built-here").exists()
+    serves(inv_path, b)
