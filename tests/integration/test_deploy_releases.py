@@ -144,3 +144,23 @@ def test_releases_layout_a_failed_build_switches_nothing_and_is_rebuilt_next_tim
     assert "reusing" not in r.stdout and "box: build ok" in r.stdout
     assert (root / "releases" / b / "built-here").exists()
     serves(inv_path, b)
+
+
+def test_releases_layout_in_pull_mode_fetches_into_the_hosts_repository(tmp_path, sshd, used):
+    repo = make_repo(tmp_path)
+    origin = tmp_path / "origin.git"
+    git(tmp_path, "init", "-q", "--bare", str(origin))
+    git(repo, "remote", "add", "origin", str(origin))
+    git(repo, "push", "-q", "origin", "main")
+    root = tmp_path / "hosts/box/app"
+    inv_path = write_inventory(tmp_path, sshd, {"box": "opstest"}, checkout=root,
+                               extra='layout = "releases"\nsource = "pull"')
+    used.append(inv_path)
+    r = run_inv(inv_path, repo, "deploy")
+    assert r.returncode == 1 and "clone it on the host first" in r.stdout, r.stdout + r.stderr
+    git(tmp_path, "clone", "-q", str(origin), str(root / ".repo"))
+    b = commit_file(repo, "B", "B", "B")
+    r = run_inv(inv_path, repo, "deploy")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert os.readlink(root / "current") == f"releases/{b}"
+    serves(inv_path, b)
