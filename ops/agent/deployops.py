@@ -430,7 +430,8 @@ def op_deploy_record(args, emit):
     record["rolled_back"] = sorted(bad & {e["commit"] for e in history} | set(args.get("rolled_back") or []))
     write_json_atomic(p["record"], record, "the deploy record (which commit runs)")
     if commit:
-        _pin(p["checkout"], history, dropped)
+        releases_layout = args["host"].get("layout") == "releases"
+        _pin(releases.paths(args["host"])["repo"] if releases_layout else p["checkout"], history, dropped)
     return record
 
 
