@@ -171,7 +171,7 @@ def test_a_link_cut_mid_start_ends_the_deploy_in_seconds_and_a_rerun_converges(t
     finally:
         if proc.poll() is None:
             proc.kill()
-    bound = CONNECT_TIMEOUT + ALIVE_INTERVAL * (ALIVE_COUNT + 1) + 5
+    bound = CONNECT_TIMEOUT + ALIVE_INTERVAL * (ALIVE_COUNT + 1) + 6  # + a few seconds (busy machine)
     print(f"\nlink cut mid-start: inv deploy ended {took:.1f}s after the cut (bound {bound}s)")
     assert took < bound, f"{took:.1f}s: {text}"
     assert proc.returncode == 3, text
