@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from typing import Any
 
 from ops import agentpkg
-from ops.errors import AgentError, LockHeld, TransportError
+from ops.errors import AgentError, HostError, LinkDied, LockHeld, TransportError
 from ops.transport import Channel
 
 EventHandler = Callable[[dict[str, Any]], None]
+STREAM_CHUNK = 256 * 1024  # bytes per write of a streamed file
 AGENT_START_TIMEOUT = 60.0  # s for the agent's hello; a host that takes longer is reported
 
 
@@ -27,6 +29,7 @@ class AgentSession:
         self.hello: dict[str, Any] = {}
         self._next_id = 0
         self.shipped = False
+        self.broken: str | None = None  # why the channel must not be used again
 
     def start(self) -> dict[str, Any]:
         """Run the agent; ship it first if the host does not have this version, and ship it again
@@ -99,15 +102,49 @@ class AgentSession:
         args: dict[str, Any] | None = None,
         on_event: EventHandler | None = None,
         timeout: float | None = None,
+        stream: str | None = None,
     ) -> Any:
-        """One request, one round trip (plus streamed events). Returns the result's data."""
+        """One request, one round trip (plus streamed events). Returns the result's data.
+
+        ``stream``: a file whose bytes follow the request line (the agent copies them to a file
+        on the host in chunks): a bundle of any size is never held in memory on either end."""
+        if self.broken:
+            kind = LinkDied if self._link_error() else TransportError
+            raise kind(self.host_name, f"'{op}' was not sent: the channel to the agent is not used "
+                                       f"again after: {self.broken}")
         if self.channel is None:
             self.start()
         assert self.channel is not None
+        try:
+            return self._call(op, args, on_event, timeout, stream)
+        except TransportError as exc:
+            # a channel that timed out or died is never used again: a late answer to the old
+            # request must not be read as the answer to a new one, and a dead link must not cost
+            # a full timeout per remaining step
+            link = self._link_error()
+            self.broken = link or exc.message
+            if link and not isinstance(exc, LinkDied):
+                raise LinkDied(self.host_name, f"{link} during '{op}'") from None
+            raise
+
+    def _link_error(self) -> str | None:
+        probe = getattr(self.transport, "link_error", None)
+        return probe() if probe is not None else None
+
+    def _call(self, op: str, args: dict[str, Any] | None, on_event: EventHandler | None,
+              timeout: float | None, stream: str | None) -> Any:
+        assert self.channel is not None
         self._next_id += 1
         rid = self._next_id
-        req = json.dumps({"id": rid, "op": op, "args": args or {}}, separators=(",", ":"))
+        head: dict[str, Any] = {"id": rid, "op": op, "args": args or {}}
+        if stream is not None:
+            head["stream"] = os.path.getsize(stream)
+        req = json.dumps(head, separators=(",", ":"))
         self.channel.send(req.encode() + b"\n")
+        if stream is not None:
+            with open(stream, "rb") as f:
+                while chunk := f.read(STREAM_CHUNK):
+                    self.channel.send(chunk)
         deadline = time.monotonic() + (timeout if timeout is not None else self.timeout)
         while True:
             line = self.channel.read_line(deadline)
@@ -127,6 +164,8 @@ class AgentSession:
                     f"{self.host_name}: {event.get('message')}",
                     "wait for it to finish, or pass --lock-wait SECONDS to wait for it",
                 )
+            if kind == "error" and event.get("os_error"):
+                raise host_error(self.host_name, op, event)
             if kind == "error":
                 raise AgentError(
                     f"{self.host_name}: agent op '{op}' failed: {event.get('type')}: {event.get('message')}",
@@ -138,6 +177,28 @@ class AgentSession:
     def close(self) -> None:
         if self.channel is not None:
             self.channel.shutdown_write()
-            self.channel.exit_status(5.0)
+            if not self.broken:  # a dead link answers nothing: do not wait for it
+                self.channel.exit_status(5.0)
             self.channel.close()
             self.channel = None
+
+
+def host_error(host: str, op: str, event: dict[str, Any]) -> HostError:
+    """An agent's system error (its errno, path and what it was writing) as the error a person can
+    act on: what was not written where, and why; exit 1, the host is reachable."""
+    path, what, why = event.get("path"), event.get("what"), event.get("strerror") or event.get("message")
+    if what:
+        text = f"{host}: '{op}' failed: {what} was not written to {path}: {why}"
+    elif path:
+        text = f"{host}: '{op}' failed on the host: {path}: {why}"
+    else:
+        text = f"{host}: '{op}' failed on the host: {why}"
+    code = event.get("errno") or ""
+    where = path or "the state directory"
+    if code in ("ENOSPC", "EDQUOT"):
+        advice = f"free space on the host's filesystem holding {where} (df -h there), then run again"
+    elif code in ("EACCES", "EPERM", "EROFS"):
+        advice = f"make {where} writable by the SSH user on the host, then run again"
+    else:
+        advice = "fix the cause on the host, then run again"
+    return HostError(text, advice, errno_name=code, path=path)

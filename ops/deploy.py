@@ -11,22 +11,22 @@ Per host the steps are a handful of agent calls (one round trip each): probe, lo
 
 from __future__ import annotations
 
-import base64
 import getpass
 import json
 import os
 import secrets
+import shutil
 import socket
 import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ops import control
-from ops.errors import Interrupted, LockHeld, OpsError, UsageError
+from ops.errors import Interrupted, LockHeld, OpsError, TransportError, UsageError
 from ops.gitinfo import Git
 from ops.inventory import Host, Inventory
 from ops.session import HostSession, connect
@@ -84,37 +84,54 @@ def local_source(repo: str = ".", ref: str = "HEAD", allow_dirty: bool = False) 
     return Source(repo=top, commit=commit, branch=branch, subject=subject, dirty=dirty)
 
 
-def make_bundle(repo: str, commit: str, basis: str | None) -> bytes:
-    """A git bundle holding `commit` as refs/ops/deploy, thin over `basis` (an ancestor of commit
-    that the host has). Not thread-safe on one repo: go through Bundles."""
+def make_bundle(repo: str, commit: str, basis: str | None, path: str) -> None:
+    """Write a git bundle holding `commit` as refs/ops/deploy to `path`, thin over `basis` (an
+    ancestor of commit that the host has). Not thread-safe on one repo: go through Bundles."""
     git(repo, "update-ref", "refs/ops/deploy", commit)
     try:
-        args = ["bundle", "create", "-q"]
-        with tempfile.TemporaryDirectory() as d:
-            path = str(Path(d) / "deploy.bundle")
-            refs = ["refs/ops/deploy"] + ([f"^{basis}"] if basis else [])
-            git(repo, *args, path, *refs)
-            return Path(path).read_bytes()
+        refs = ["refs/ops/deploy"] + ([f"^{basis}"] if basis else [])
+        git(repo, "bundle", "create", "-q", path, *refs)
     finally:
         git(repo, "update-ref", "-d", "refs/ops/deploy", check=False)
 
 
 class Bundles:
     """Bundles for one deploy run, shared by the host threads: one `git bundle` per distinct basis
-    (thirty hosts at the same commit cost one), and never two git runs on the ref at once."""
+    (thirty hosts at the same commit cost one), and never two git runs on the ref at once. Bundles
+    are files (streamed to the hosts in chunks, never loaded whole); close() removes them."""
 
     def __init__(self, repo: str) -> None:
         self.repo = repo
         self._lock = threading.Lock()
-        self._made: dict[tuple[str, str | None], bytes] = {}
+        self._made: dict[tuple[str, str | None], str] = {}
+        self._dir: str | None = None
 
-    def get(self, commit: str, basis: str | None) -> bytes:
+    def has(self, commit: str) -> bool:
+        """The local repository has this commit (so a bundle of it can be made)."""
+        code, _ = Git(self.repo, timeout=GIT_TIMEOUT).run(["cat-file", "-e", f"{commit}^{{commit}}"],
+                                                          ok_codes=None)
+        return code == 0
+
+    def path(self, commit: str, basis: str | None) -> str:
         key = (commit, basis if basis and basis != commit and _is_ancestor(self.repo, basis, commit)
                else None)
         with self._lock:
             if key not in self._made:
-                self._made[key] = make_bundle(self.repo, commit, key[1])
+                if self._dir is None:
+                    self._dir = tempfile.mkdtemp(prefix="ops-bundles-")
+                path = str(Path(self._dir) / f"{len(self._made)}.bundle")
+                make_bundle(self.repo, commit, key[1], path)
+                self._made[key] = path
             return self._made[key]
+
+    def get(self, commit: str, basis: str | None) -> bytes:
+        return Path(self.path(commit, basis)).read_bytes()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._dir is not None:
+                shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir, self._made = None, {}
 
 
 def _is_ancestor(repo: str, a: str, b: str) -> bool:
@@ -142,6 +159,7 @@ class Step:
     ok: bool
     detail: str = ""
     duration: float = 0.0
+    output: list[str] = field(default_factory=list)  # a failed build step's last output lines
 
 
 @dataclass
@@ -154,6 +172,7 @@ class DeployOptions:
     allow_dirty: bool = False
     ref: str = "HEAD"
     repo: str = "."
+    to: str | None = None  # rollback --to REF: a commit of the host's history or of the repo
 
 
 @dataclass
@@ -204,6 +223,14 @@ def exit_code(results: list[HostDeploy]) -> int:
 
 
 class HostDeployer:
+    """One host's deploy (or rollback): lock, deliver, build, stop, start, verify, record.
+
+    Once stop has begun the run is a critical section: a Ctrl-C (``cancel``) no longer stops it at
+    a step boundary; it finishes start and verify, or rolls back, so the services are never left
+    down. Before stop, a Ctrl-C or a failed build puts the delivered tree back and changes nothing
+    that runs. A dead link (TransportError) ends the host's run at once: its channel is never used
+    again, and the agent on the host finishes its step and releases the lock on its own."""
+
     def __init__(self, session: HostSession, source: Source | None, opts: DeployOptions,
                  run_id: str, on_step: StepCallback | None = None,
                  cancel: threading.Event | None = None, bundles: Bundles | None = None,
@@ -218,19 +245,27 @@ class HostDeployer:
         self.opts = opts
         self.result = HostDeploy(host=self.host.name, run_id=run_id)
         self.on_step = on_step or (lambda host, step: None)
+        self.critical = False  # stop has begun: finish start+verify or roll back, whatever happens
+        self.delivered = False  # the tree was changed: restore it if we end before stop
+        self.present: dict[str, bool] = {}  # commit -> the host has it (from the probe)
+        self.reused = False  # releases: the last delivery found its release there, built
 
     def _args(self, **extra: Any) -> dict[str, Any]:
         return {"host": self.s.host_args(), **extra}
 
-    def step(self, name: str, fn: Callable[[], tuple[bool, str]]) -> bool:
-        if self.cancel.is_set():
+    def step(self, name: str, fn: Callable[[], tuple], force: bool = False) -> bool:
+        if self.cancel.is_set() and not (self.critical or force):
             raise Interrupted(f"{self.host.name}: interrupted before {name}")
         t = time.monotonic()
+        output: list[str] = []
         try:
-            ok, detail = fn()
+            ok, detail, *more = fn()
+            output = more[0] if more else []
+        except TransportError:
+            raise  # the link is gone: no further step can run on this host
         except OpsError as exc:
             ok, detail = False, exc.message
-        st = Step(name, ok, detail, round(time.monotonic() - t, 3))
+        st = Step(name, ok, detail, round(time.monotonic() - t, 3), output)
         self.result.steps.append(st)
         self.on_step(self.host.name, st)
         return ok
@@ -239,13 +274,40 @@ class HostDeployer:
 
     def _deliver(self, commit: str, basis: str | None, rollback: bool = False) -> tuple[bool, str]:
         args = self._args(commit=commit, mode=self.host.source, remote=self.host.remote,
-                          rollback=rollback)
-        if self.host.source == "push" and not rollback:
-            assert self.bundles is not None
-            args["bundle"] = base64.b64encode(self.bundles.get(commit, basis)).decode()
-        r = self.s.call("git_deliver", args)
+                          rollback=rollback, needs_build=bool(self.host.build_steps()))
+        stream = None
+        if self.host.source == "push" and not self.present.get(commit, False):
+            if self.bundles is None or not self.bundles.has(commit):
+                return False, missing_commit_text(self.host, commit, self.bundles)
+            stream = self.bundles.path(commit, basis)
+        r = self.s.call("git_deliver", args, stream=stream)
+        self.reused = bool(r.get("reused"))
         detail = "; ".join(f"{x['name']}: {x['detail']}" for x in r["steps"])
         return r["ok"], detail
+
+    def _build(self, commit: str) -> tuple[bool, str, list[str]]:
+        steps = self.host.build_steps()
+        r = self.s.call("build", self._args(
+            cwd=self._tree(commit), commit=commit, steps=[b.to_agent() for b in steps],
+            all_services=[s.to_agent() for s in self.host.services], mark_built=self.host.releases),
+            timeout=sum(b.timeout for b in steps) + 60.0)
+        took = sum(x["duration"] for x in r["steps"])
+        if r["ok"]:
+            return True, f"{len(r['steps'])} step(s) in {took:.1f}s", []
+        last = r["steps"][-1]
+        why = (f"timed out after {last['duration']:.0f}s" if last["timed_out"]
+               else f"exited with code {last['exit_code']}")
+        return False, f"build step '{last['name']}' {why}", last["tail"]
+
+    def _tree(self, commit: str) -> str:
+        """Where the new code is on the host: the checkout, or the commit's release."""
+        if self.host.releases:
+            return f"{self.host.root.rstrip('/')}/releases/{commit}"
+        return self.host.path
+
+    def _switch(self, commit: str) -> tuple[bool, str]:
+        r = self.s.call("release_switch", self._args(commit=commit))
+        return r["ok"], r["detail"]
 
     def _stop(self) -> tuple[bool, str]:
         r = control.stop(self.s, on_event=self.on_event)
@@ -268,73 +330,190 @@ class HostDeployer:
             return False, "; ".join(f"{c['name']} {c.get('service') or ''}: {c['detail']}" for c in failed)
         return True, f"{len(report.checks)} check(s) passed"
 
-    def _roll(self, commit: str, basis: str | None, rollback: bool) -> bool:
-        return (
-            self.step("rollback-deliver" if rollback else "deliver",
-                      lambda: self._deliver(commit, basis, rollback))
-            and self.step("rollback-stop" if rollback else "stop", self._stop)
-            and self.step("rollback-start" if rollback else "start", self._start)
-            and self.step("rollback-verify" if rollback else "verify", self._verify)
-        )
+    def _roll(self, commit: str, basis: str | None, rollback: bool) -> str:
+        """Deliver, build, stop, start, verify; the name of the stage that failed, or "ok"."""
+        pre = "rollback-" if rollback else ""
+        # a rollback after a failure is part of the critical section: Ctrl-C does not stop it
+        if not self.step(pre + "deliver", lambda: self._deliver(commit, basis, rollback),
+                         force=self.critical):
+            return "deliver"
+        self.delivered = True
+        built = self.host.releases and self.reused  # a release that passed its build already
+        if self.host.build_steps() and not built and not self.step(
+                pre + "build", lambda: self._build(commit), force=self.critical):
+            return "build"
+        if self.cancel.is_set() and not self.critical:
+            raise Interrupted(f"{self.host.name}: interrupted before stop")
+        self.critical = True  # from here on, Ctrl-C finishes start and verify, or rolls back
+        phases: list[tuple[str, Callable[[], tuple[bool, str]]]] = [("stop", self._stop)]
+        if self.host.releases:
+            phases.append(("switch", lambda: self._switch(commit)))
+        phases += [("start", self._start), ("verify", self._verify)]
+        for name, fn in phases:
+            if not self.step(pre + name, fn):
+                return name
+        return "ok"
+
+    def _restore(self, commit: str | None) -> None:
+        """Before stop: put the tree back at what runs (the old code keeps serving untouched)."""
+        if commit and self.delivered and not self.critical and not self.host.releases:
+            self.step("restore", lambda: self._deliver(commit, None, rollback=True), force=True)
 
     def run(self, target: str | None = None, rollback_only: bool = False) -> HostDeploy:
         r = self.result
         t0 = time.monotonic()
         if self.opts.dry_run:
-            probe = self.s.call("deploy_probe", self._args())
-            r.from_commit, r.to_commit = self._commits(probe, target, rollback_only)
-            r.plan = build_plan(self.host, self.source, r.to_commit, probe,
-                                control.status(self.s, health=False))
-            r.outcome = "planned"
-            return r
+            return self._dry_run(target, rollback_only)
+        planned = target or (self.source.commit if self.source else None)
         lock = self.s.call("deploy_lock", self._args(
             owner={"user": getpass.getuser(), "machine": socket.gethostname(), "pid": os.getpid(),
-                   "commit": "(rollback)" if rollback_only else target or self.source.commit,
-                   "run_id": r.run_id},
-            wait=self.opts.lock_wait), timeout=self.opts.lock_wait + self.host.command_timeout)
+                   "commit": "(rollback)" if rollback_only else planned, "run_id": r.run_id},
+            wait=self.opts.lock_wait, commits=[planned] if planned else []),
+            timeout=self.opts.lock_wait + self.host.command_timeout)
         if not lock["acquired"]:
             r.outcome = "locked"
             r.error = describe_lock(self.host.name, lock["holder"])
             return r
         probe = lock["probe"]
-        recorded = None
+        self.present = dict(probe.get("present") or {})
+        recorded, marked, link_dead = None, [], False
+        current = None
         try:
-            current, r.to_commit = self._commits(probe, target, rollback_only)
+            current, r.to_commit, why = self._commits(probe, target, rollback_only)
             r.from_commit = current
             if not r.to_commit:
-                r.outcome, r.error = "failed", "no previous deploy is recorded on the host"
+                r.outcome, r.error = "failed", why
                 return r
-            ok = self._roll(r.to_commit, probe["checkout"]["head"], rollback=rollback_only)
-            if ok and self.cancel.is_set():
-                raise Interrupted(f"{self.host.name}: interrupted before recording the deploy")
-            if ok:
+            basis = probe["checkout"].get("basis", probe["checkout"]["head"])  # what the host's git has
+            stage = self._roll(r.to_commit, basis, rollback=rollback_only)
+            if stage == "ok":
                 recorded = r.to_commit
                 r.outcome = "ok"
-            elif (self.opts.rollback and current and current != r.to_commit and not rollback_only
-                  and r.steps[0].ok):  # a refused delivery changed nothing: nothing to roll back
+                if rollback_only and current and current != r.to_commit:
+                    marked = [current]  # rolled back: never walked back to again
+            elif stage == "deliver":
+                r.outcome, r.error = "failed", self._first_failure()
+            elif stage == "build":
+                self._restore(current)
+                r.outcome, r.error = "failed", self._first_failure()
+                r.advice = "the old code kept running; fix the build and deploy again"
+            elif self.opts.rollback and current and current != r.to_commit and not rollback_only:
+                marked = [r.to_commit]
                 back = self._roll(current, None, rollback=True)
-                r.outcome = "rolled-back" if back else "rollback-failed"
-                r.error = next(s.detail for s in r.steps if not s.ok)
+                r.outcome = "rolled-back" if back == "ok" else "rollback-failed"
+                r.error = self._first_failure()
             else:
-                r.outcome = "failed"
-                r.error = next(s.detail for s in r.steps if not s.ok)
+                r.outcome, r.error = "failed", self._first_failure()
         except Interrupted as exc:
+            self._restore(current)
             r.outcome, r.error = "interrupted", exc.message
+        except TransportError as exc:
+            link_dead = True
+            r.outcome, r.error, r.advice = "unreachable", exc.message, exc.advice
         finally:
             r.duration = time.monotonic() - t0
-            # record (on success) + journal + unlock: one round trip
-            self.s.call("deploy_finish", self._args(commit=recorded, run_id=r.run_id,
-                                                    entry=r.journal_entry(getpass.getuser())))
+            if not link_dead:
+                self._finish(recorded, marked, rollback_only)
+        return r
+
+    def _finish(self, recorded: str | None, marked: list[str], rollback_only: bool) -> None:
+        """Record (on success) + journal + unlock: one round trip. A record that cannot be written
+        (a full disk) fails the run: the host runs a commit its history does not know."""
+        r = self.result
+        try:
+            self.s.call("deploy_finish", self._args(
+                commit=recorded, run_id=r.run_id, via="rollback" if rollback_only else "deploy",
+                rolled_back=marked, entry=r.journal_entry(getpass.getuser())))
+        except TransportError:
+            raise
+        except OpsError as exc:
+            what = f"{r.outcome}, but the end of the run was not recorded: {exc.message}"
+            r.outcome, r.error, r.advice = "failed", what, exc.advice
+
+    def _first_failure(self) -> str:
+        return next((s.detail for s in self.result.steps if not s.ok), "")
+
+    def _dry_run(self, target: str | None, rollback_only: bool) -> HostDeploy:
+        """The plan, from the same probe and the same choices as a real run: what it says is what
+        the run would do (a rollback with nowhere to go fails here too)."""
+        r = self.result
+        planned = target or (self.source.commit if self.source else None)
+        probe = self.s.call("deploy_probe", self._args(commits=[planned] if planned else []))
+        self.present = dict(probe.get("present") or {})
+        r.from_commit, r.to_commit, why = self._commits(probe, target, rollback_only)
+        if not r.to_commit:
+            r.outcome, r.error = "failed", why
+            return r
+        notes = []
+        if not self.present.get(r.to_commit, False):
+            if self.host.source == "pull":
+                notes.append(f"{r.to_commit[:12]} is not on the host: it would fetch it from "
+                             f"{self.host.remote}")
+            elif self.bundles is not None and self.bundles.has(r.to_commit):
+                notes.append(f"{r.to_commit[:12]} is not on the host: it would be sent as a git bundle")
+            else:
+                r.outcome, r.error = "failed", missing_commit_text(self.host, r.to_commit, self.bundles)
+                return r
+        r.plan = build_plan(self.host, self.source, r.to_commit, probe,
+                            control.status(self.s, health=False), notes)
+        r.outcome = "planned"
         return r
 
     def _commits(self, probe: dict[str, Any], target: str | None,
-                 rollback_only: bool) -> tuple[str | None, str | None]:
-        """(what the host runs now, what to deploy) from the probe."""
+                 rollback_only: bool) -> tuple[str | None, str | None, str]:
+        """(what the host runs now, what to deploy, why there is nothing to deploy) from the probe."""
         record = probe["record"] or {}
         current = record.get("current") or probe["checkout"]["head"]
+        if target:
+            return current, target, ""
+        if rollback_only and self.opts.to:
+            to = resolve_to(self.opts.to, record)
+            return current, to, "" if to else (
+                f"{self.host.name}: --to {self.opts.to} is neither a commit of the local repository "
+                "nor one deployed on the host (inv journal lists them)")
         if rollback_only:
-            return current, record.get("previous")
-        return current, target or (self.source.commit if self.source else None)
+            to = rollback_target(record)
+            return current, to, "" if to else no_rollback_text(self.host.name, record)
+        return current, self.source.commit if self.source else None, "nothing to deploy"
+
+
+def rollback_target(record: dict[str, Any]) -> str | None:
+    """The newest good deploy before the current one (pure). Skips the current commit and every
+    commit that was rolled back (left by `inv rollback`, or a failed deploy that was rolled back),
+    so rolling back twice walks back through the history and never re-deploys a bad commit."""
+    current = record.get("current")
+    bad = set(record.get("rolled_back") or []) | {current}
+    history = [e for e in record.get("history") or [] if isinstance(e, dict) and e.get("commit")]
+    for entry in reversed(history):
+        if entry["commit"] not in bad:
+            return entry["commit"]
+    previous = record.get("previous")
+    if not history and previous and previous not in bad:  # a record written before the history
+        return previous
+    return None
+
+
+def resolve_to(ref: str, record: dict[str, Any]) -> str | None:
+    """--to REF: a full commit id (resolved locally), or a prefix of a commit in the host's history."""
+    if len(ref) == 40 and all(c in "0123456789abcdef" for c in ref):
+        return ref
+    found = {e["commit"] for e in record.get("history") or []
+             if isinstance(e, dict) and str(e.get("commit", "")).startswith(ref)}
+    return found.pop() if len(found) == 1 else None
+
+
+def no_rollback_text(host: str, record: dict[str, Any]) -> str:
+    if not record.get("current"):
+        return f"{host}: no deploy is recorded on the host: there is nothing to roll back to"
+    return (f"{host}: no earlier good deploy is recorded before {record['current'][:12]} (the others "
+            "were rolled back); pass --to REF to choose a commit")
+
+
+def missing_commit_text(host: Host, commit: str, bundles: Bundles | None) -> str:
+    where = f" or in {bundles.repo}" if bundles is not None else ""
+    return (f"{host.name}: commit {commit[:12]} is not on the host{where}, so it cannot be delivered; "
+            "fetch it into your local repository (git fetch) and run from there, or pass --to "
+            "with a commit that exists")
 
 
 def _summary(services: list[dict[str, Any]]) -> str:
@@ -356,7 +535,7 @@ def describe_lock(host: str, holder: dict[str, Any] | None) -> str:
 
 
 def build_plan(host: Host, source: Source | None, target: str | None, probe: dict[str, Any],
-               status: list[dict[str, Any]]) -> dict[str, Any]:
+               status: list[dict[str, Any]], notes: list[str] | None = None) -> dict[str, Any]:
     """What a deploy would do on this host, as data (pure)."""
     start = control.with_children(host, None)
     running = {s["name"]: s for s in status}
@@ -389,6 +568,9 @@ def build_plan(host: Host, source: Source | None, target: str | None, probe: dic
                 ([f"write {s.unit_name} from the inventory, daemon-reload, enable"] if s.persist else [])
                 + [control.systemctl_action(s, "start")])],
         },
+        "build": [b.name for b in host.build_steps()],
+        "layout": host.layout,
+        "notes": list(notes or []),
     }
 
 
@@ -403,14 +585,20 @@ def local_journal_path() -> Path:
     return Path(base) / "ops" / "journal.jsonl"
 
 
-def append_local_journal(results: list[HostDeploy]) -> None:
+def append_local_journal(results: list[HostDeploy]) -> str | None:
+    """Append the runs to the local journal; a journal that cannot be written (disk full,
+    /dev/full, permissions) is a warning returned to the caller, never a failed deploy."""
     path = local_journal_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
-        for r in results:
-            if r.outcome in ("planned", "skipped"):
-                continue
-            f.write(json.dumps(r.journal_entry(getpass.getuser()), sort_keys=True) + "\n")
+    lines = "".join(json.dumps(r.journal_entry(getpass.getuser()), sort_keys=True) + "\n"
+                    for r in results if r.outcome not in ("planned", "skipped"))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as f:
+            f.write(lines)
+    except OSError as exc:
+        return (f"warning: the local deploy journal {path} was not written "
+                f"({exc.strerror or exc}); the hosts' journals have the runs (inv journal)")
+    return None
 
 
 def _run_batch(hosts: list[Host], fn: Callable[[Host], HostDeploy], cancel: threading.Event,
@@ -449,12 +637,17 @@ def _run_batch(hosts: list[Host], fn: Callable[[Host], HostDeploy], cancel: thre
 
 def deploy(inv: Inventory, hosts: list[Host], opts: DeployOptions, on_step: StepCallback | None = None,
            rollback_only: bool = False, on_interrupt: Callable[[], None] | None = None,
-           on_event: Callable[[str, dict[str, Any]], None] | None = None) -> list[HostDeploy]:
+           on_event: Callable[[str, dict[str, Any]], None] | None = None,
+           on_warning: Callable[[str], None] | None = None) -> list[HostDeploy]:
     """Deploy to hosts in parallel, or in rolling batches (--serial N) with --max-fail."""
     run_id = new_run_id()
     cancel = threading.Event()
     source = None if rollback_only else local_source(opts.repo, opts.ref, opts.allow_dirty)
-    bundles = Bundles(source.repo) if source else None
+    top = source.repo if source else Git(opts.repo, timeout=GIT_TIMEOUT).toplevel()
+    # a rollback to a commit the host lost is sent from the local repository when it has it
+    bundles = Bundles(top) if top else None
+    if rollback_only and opts.to and top:
+        opts = replace(opts, to=Git(top, timeout=GIT_TIMEOUT).resolve(opts.to) or opts.to)
     if source is not None and not opts.dry_run:
         for remote, branch in {(h.remote, h.branch) for h in hosts if h.source == "pull"}:
             push_to_remote(source, remote, branch)
@@ -488,12 +681,22 @@ def deploy(inv: Inventory, hosts: list[Host], opts: DeployOptions, on_step: Step
                 results[h.name] = HostDeploy(host=h.name, run_id=run_id, outcome="skipped",
                                              error=stop_reason)
             continue
-        for r in _run_batch(group, one, cancel, on_interrupt or (lambda: None)).values():
+        try:
+            batch_results = _run_batch(group, one, cancel, on_interrupt or (lambda: None))
+        except BaseException:
+            if bundles is not None:
+                bundles.close()
+            raise
+        for r in batch_results.values():
             results[r.host] = r
             failures += 0 if r.ok else 1
+    if bundles is not None:
+        bundles.close()
     ordered = [results[h.name] for h in hosts]
     if not opts.dry_run:
-        append_local_journal(ordered)
+        warning = append_local_journal(ordered)
+        if warning:
+            (on_warning or (lambda text: None))(warning)
     return ordered
 
 

@@ -84,6 +84,25 @@ class ActionFailed(OpsError):
     exit_code = 1
 
 
+class HostError(ActionFailed):
+    """A system error on the host (disk full, read-only filesystem, permission denied) during an
+    operation: the host answered, so it is not unreachable; the message names the path and what
+    was not written."""
+
+    def __init__(self, message: str, advice: str | None = None, errno_name: str = "",
+                 path: str | None = None) -> None:
+        super().__init__(message, advice)
+        self.errno_name = errno_name
+        self.path = path
+
+
+class LinkDied(TransportError):
+    """The connection to a host died (or stopped answering) in the middle of a task."""
+
+    advice = ("the host's agent finishes its current step on its own and releases the deploy lock; "
+              "once the host is reachable again, run the same command again: it converges")
+
+
 class LockHeld(OpsError):
     exit_code = 4
 

@@ -79,6 +79,22 @@ class Restart:
     max_restarts: int | None = None  # restarts in all, whatever their uptime; then fatal
 
 
+DEFAULT_BUILD_TIMEOUT = 600.0  # s for one build step
+
+
+@dataclass(frozen=True)
+class BuildStep:
+    """One `build` command, run on the host in the delivered code before the services are stopped."""
+
+    name: str
+    cmd: str
+    timeout: float = DEFAULT_BUILD_TIMEOUT
+    service: str | None = None  # a service's step runs with that service's env and env_file
+
+    def to_agent(self) -> dict[str, Any]:
+        return {"name": self.name, "cmd": self.cmd, "timeout": self.timeout, "service": self.service}
+
+
 @dataclass(frozen=True)
 class Service:
     name: str
@@ -111,6 +127,7 @@ class Service:
     scope: str = "system"  # "system" | "user" (systemctl --user)
     persist: bool = False  # the tool writes a unit from this table, enables it and manages it as a unit
     log_declared: bool = True  # False: no `log` key (a unit's lines are then read from its journal)
+    build: tuple[BuildStep, ...] = ()  # run at deploy in the new code, before the stop
 
     @property
     def supervised(self) -> bool:
@@ -191,6 +208,19 @@ class Host:
     branch: str | None = None
     remote: str = "origin"
     min_mem_available_mb: float | None = None  # verify.watch fails below this much MemAvailable
+    build: tuple[BuildStep, ...] = ()  # the host's own build steps (before its services' ones)
+    layout: str = "in-place"  # "in-place": deploy into `path`; "releases": releases/<commit> + current
+    root: str = ""  # `path` as written: the checkout (in-place) or the releases root
+    shared: tuple[str, ...] = ()  # releases: paths linked from <root>/shared into every release
+    keep: int = 5  # releases: how many releases to keep
+
+    @property
+    def releases(self) -> bool:
+        return self.layout == "releases"
+
+    def build_steps(self) -> tuple[BuildStep, ...]:
+        """Every build step of a deploy, in order: the host's, then each service's (start order)."""
+        return self.build + tuple(b for s in self.services for b in s.build)
 
     @property
     def local(self) -> bool:
@@ -257,6 +287,10 @@ def _is_table_or_tables(v: Any) -> bool:
     return isinstance(v, dict) or (isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v))
 
 
+def _is_build(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str | dict) for x in v)
+
+
 TYPE_NAMES: dict[Checker, str] = {
     _is_str: "a string",
     _is_int: "an integer",
@@ -266,6 +300,7 @@ TYPE_NAMES: dict[Checker, str] = {
     _is_str_map: "a table of strings",
     _is_table: "a table",
     _is_table_or_tables: "a table or a non-empty list of tables",
+    _is_build: 'a list of commands (strings, or tables like { cmd = "...", timeout = 600 })',
 }
 
 TOP_KEYS: dict[str, Checker] = {
@@ -298,6 +333,10 @@ HOST_KEYS: dict[str, Checker] = {
     "remote": _is_str,
     "overrides": _is_table,
     "min_mem_available_mb": _is_num,
+    "build": _is_build,
+    "layout": _is_str,
+    "shared": _is_str_list,
+    "keep": _is_int,
 }
 SERVICE_KEYS: dict[str, Checker] = {
     "cmd": _is_str,
@@ -330,6 +369,7 @@ SERVICE_KEYS: dict[str, Checker] = {
     "unit": _is_str,
     "scope": _is_str,
     "persist": _is_bool,
+    "build": _is_build,
 }
 MANAGERS = ("tool", "systemd")  # who runs a service: the tool itself, or a systemd unit
 UNIT_SCOPES = ("system", "user")
@@ -856,6 +896,22 @@ def _build_host(
     path = table["path"]
     if is_local and not path.startswith(("/", "~")):
         path = str(base / path)
+    root = path
+    layout = table.get("layout", "in-place")
+    if layout not in ("in-place", "releases"):
+        raise ctx.fail(where, f'key \'layout\' must be "in-place" or "releases", got {layout!r}')
+    if layout == "in-place" and ("shared" in table or "keep" in table):
+        raise ctx.fail(where, "keys 'shared' and 'keep' need layout = \"releases\"",
+                       'set layout = "releases", or remove them')
+    if table.get("keep", 1) < 1:
+        raise ctx.fail(where, f"key 'keep' must be 1 or more, got {table['keep']}")
+    for item in table.get("shared", []):
+        parts = item.split("/")
+        if not item or item.startswith(("/", "~")) or ".." in parts or item in (".", "current"):
+            raise ctx.fail(where, f"key 'shared' lists {item!r}: give paths relative to a release, "
+                                  "without '..'")
+    if layout == "releases":
+        path = root.rstrip("/") + "/current"  # what the services run in (${path}, default cwd)
     state_dir = table.get("state_dir", f"~/.local/state/ops/{name}")
     if is_local and not state_dir.startswith(("/", "~")):
         state_dir = str(base / state_dir)
@@ -975,6 +1031,12 @@ def _build_host(
         branch=table.get("branch"),
         remote=table.get("remote", "origin"),
         min_mem_available_mb=_min_mem(ctx, where, table),
+        build=build_steps(ctx, where, table.get("build", []), None,
+                          lambda v: _substitute(ctx, where, "build", v, ports, variables, name)),
+        layout=layout,
+        root=root,
+        shared=tuple(table.get("shared", [])),
+        keep=table.get("keep", 5),
     )
 
 
@@ -1222,7 +1284,29 @@ def _build_service(
         scope=t.get("scope", "system"),
         persist=bool(t.get("persist", False)),
         log_declared="log" in t,
+        build=build_steps(ctx, origin("build"), t.get("build", []), name, lambda v: sub("build", v)),
     )
+
+
+BUILD_STEP_KEYS: dict[str, Checker] = {"cmd": _is_str, "timeout": _is_num, "name": _is_str}
+
+
+def build_steps(ctx: _Ctx, where: str, raw: list[Any], service: str | None,
+                sub: Callable[[str], str] = lambda v: v) -> tuple[BuildStep, ...]:
+    """`build = ["cmd", { cmd = "...", timeout = 900, name = "deps" }]` -> BuildStep tuple."""
+    steps = []
+    for i, item in enumerate(raw):
+        table = {"cmd": item} if isinstance(item, str) else item
+        here = f"{where}.build[{i}]"
+        ctx.check_table(here, table, BUILD_STEP_KEYS)
+        if not table.get("cmd", "").strip():
+            raise ctx.fail(here, "missing or empty key 'cmd'", "give the shell command to run on the host")
+        _check_timeouts(ctx, here, table, ("timeout",))
+        cmd = sub(table["cmd"])
+        label = table.get("name") or (f"{service}: " if service else "") + cmd.split("\n")[0][:60]
+        timeout = float(table.get("timeout", DEFAULT_BUILD_TIMEOUT))
+        steps.append(BuildStep(name=label, cmd=cmd, timeout=timeout, service=service))
+    return tuple(steps)
 
 
 def _verify_checks(

@@ -105,6 +105,10 @@ class Reporter:
     def error(self, exc: OpsError) -> None:
         print(f"error: {exc.render()}", file=self.err)
 
+    def warning(self, text: str) -> None:
+        """A problem that did not change the outcome (on stderr, so --json stays parseable)."""
+        print(text, file=self.err, flush=True)
+
     def advice(self, outcomes) -> None:
         """What to do about each host's error (its OpsError's advice), under a table."""
         for o in outcomes:
@@ -261,7 +265,7 @@ class Reporter:
         rows, styles = [], []
         for o in outcomes:
             if not o.ok:
-                rows.append([o.host, "-", "unreachable", "-", o.error.message])
+                rows.append([o.host, "-", _error_kind(o.error), "-", o.error.message])
                 styles.append("red")
                 continue
             for r in o.value.services:
@@ -283,6 +287,9 @@ class Reporter:
         for o in outcomes:
             if not o.ok:
                 continue
+            if any(r.get("state_error") for r in o.value.services):
+                self.line(f"{o.host}: -> free space (or fix permissions) where the state was not "
+                          f"written, then run {phase} again to record it", "yellow")
             for r in o.value.services:
                 if r["outcome"] == "failed" and r.get("log_tail") is not None:
                     code = r.get("exit_code")
@@ -341,6 +348,12 @@ class Reporter:
             print(text, file=self.out, flush=True)
 
 
+def _error_kind(error) -> str:
+    """How a host's error reads in a table: only a transport error (exit 3) is 'unreachable'; a
+    host that answered with a system error (disk full) is an 'error'."""
+    return "unreachable" if getattr(error, "exit_code", 3) == 3 else "error"
+
+
 # --- deploy ------------------------------------------------------------------------------------
 
 DEPLOY_STYLE = {"ok": "green", "planned": "cyan", "failed": "bold red", "rolled-back": "yellow",
@@ -359,6 +372,11 @@ def deploy_step(rep: Reporter, host: str, step) -> None:
     mark = "ok" if step.ok else "FAILED"
     rep.line(f"{host}: {step.name} {mark} ({step.duration:.2f}s) {step.detail}",
              None if step.ok else "bold red")
+    output = getattr(step, "output", None) or []
+    if output:
+        rep.line(f"{host}: last {len(output)} line(s) of its output:")
+        for ln in output:
+            rep.line(f"  | {ln}")
 
 
 def deploy_summary(rep: Reporter, results) -> None:
@@ -387,18 +405,26 @@ def deploy_plan(rep: Reporter, plan: dict) -> None:
         rep.line(f"  WARNING: the host's checkout has local changes: {', '.join(plan['checkout_dirty'])}")
     if plan["lock"]:
         rep.line(f"  WARNING: a deploy lock is held: {plan['lock']}")
+    for note in plan.get("notes") or []:
+        rep.line(f"  NOTE: {note}")
     rep.line("  1. take the deploy lock")
     rep.line("  2. deliver the commit, purge __pycache__ and *.pyc")
-    rep.line(f"  3. stop (in order): {', '.join(plan['stop']) or '-'}")
+    build = plan.get("build") or []
+    rep.line("  3. build (in the new code, services still running): "
+             + ("; ".join(build) + " - on failure the tree is restored, nothing is stopped"
+                if build else "no build steps"))
+    rep.line(f"  4. stop (in order): {', '.join(plan['stop']) or '-'}")
     for s in plan["would_signal"]:
         rep.line(f"       would signal {s['service']} pid {s['pid']}: {s['signal']}")
     for action in (plan.get("systemctl") or {}).get("stop", []):
         rep.line(f"       systemd: {action}")
+    if plan.get("layout") == "releases":
+        rep.line(f"     then switch current -> releases/{_short(plan['to'])}")
     gates = "; ".join(f"{k} [{', '.join(v) or 'no gates'}]" for k, v in plan["gates"].items())
-    rep.line(f"  4. start (in order): {gates or '-'}")
+    rep.line(f"  5. start (in order): {gates or '-'}")
     for action in (plan.get("systemctl") or {}).get("start", []):
         rep.line(f"       systemd: {action}")
-    rep.line("  5. verify; on failure roll back to the previous commit")
+    rep.line("  6. verify; on failure roll back to the previous commit")
     running = ", ".join(f"{k}={v['state']}" + (f"({v['pid']})" if v["pid"] else "")
                         for k, v in plan["running"].items())
     rep.line(f"  now: {running or 'nothing declared'}")

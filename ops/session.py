@@ -48,12 +48,19 @@ class HostSession:
         args: dict[str, Any] | None = None,
         on_event: EventHandler | None = None,
         timeout: float | None = None,
+        stream: str | None = None,
     ) -> Any:
-        return self.agent.call(op, args, on_event=on_event, timeout=timeout)
+        if stream is None:  # the plain signature (tests wrap AgentSession.call with it)
+            return self.agent.call(op, args, on_event=on_event, timeout=timeout)
+        return self.agent.call(op, args, on_event=on_event, timeout=timeout, stream=stream)
 
     def host_args(self) -> dict[str, Any]:
-        return {"name": self.host.name, "path": self.host.path, "state_dir": self.host.state_dir,
+        args = {"name": self.host.name, "path": self.host.path, "state_dir": self.host.state_dir,
                 "lock_wait": self.lock_wait}
+        if self.host.releases:  # the deploy ops work in the releases root, not in current
+            args.update(layout="releases", root=self.host.root, shared=list(self.host.shared),
+                        keep=self.host.keep)
+        return args
 
     def service_args(self, services: list[Service]) -> dict[str, Any]:
         return {

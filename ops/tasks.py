@@ -286,8 +286,11 @@ def _deploy(host, json, rollback_only=False, **opts):
     with report.Board(rep, title, [h.name for h in targets], transient=False) as board:
         results = dep.deploy(
             inv, targets, options, on_step=board.step, rollback_only=rollback_only, on_event=board.event,
-            on_interrupt=lambda: rep.line("interrupted: each host stops after its current step and "
-                                          "releases its lock (Ctrl-C again to abandon them)", "bold yellow"))
+            on_warning=rep.warning,
+            on_interrupt=lambda: rep.line("interrupted: each host stops after its current step (a host "
+                                          "already stopping finishes start and verify, or rolls back) "
+                                          "and releases its lock (Ctrl-C again to abandon them)",
+                                          "bold yellow"))
     report.deploy_summary(rep, results)
     code = dep.exit_code(results)
     if code:
@@ -307,11 +310,13 @@ def deploy(c, host=None, dry_run=False, no_rollback=False, lock_wait="0", serial
 
 
 @task(dry="plan", help={"host": HOST_HELP, "dry-run": "show the plan only", "json": JSON_HELP,
-                                   "lock-wait": DEPLOY_HELP["lock-wait"]})
+                        "lock-wait": DEPLOY_HELP["lock-wait"],
+                        "to": "roll back to this commit (of the host's history or the repo)"})
 @errors_to_exit
-def rollback(c, host=None, dry_run=False, lock_wait="0", json=False):
-    """Roll back to the commit deployed before the current one (recorded on the host)."""
-    _deploy(host, json, rollback_only=True, dry_run=dry_run, lock_wait=number(lock_wait, "lock-wait"))
+def rollback(c, host=None, dry_run=False, lock_wait="0", to=None, json=False):
+    """Roll back to the last good deploy before the current one (never to a rolled-back one)."""
+    _deploy(host, json, rollback_only=True, dry_run=dry_run, lock_wait=number(lock_wait, "lock-wait"),
+            to=to or None)
 
 
 @task(dry="refuse", help={"host": HOST_HELP, "force": "break the lock even if its holder runs"})

@@ -196,6 +196,9 @@ class LocalTransport:
     def close(self) -> None:
         return None
 
+    def link_error(self) -> str | None:
+        return None
+
     def describe(self) -> str:
         return "local"
 
@@ -270,6 +273,11 @@ class SSHTransport:
         self.conn = None
         self.conn_attempt = None
         self.hop_known_hosts: dict[int, str] = {}
+        self.watch: LinkWatch | None = None
+
+    def link_error(self) -> str | None:
+        """Why the link to the host is known dead (keepalives unanswered), or None."""
+        return self.watch.dead if self.watch is not None else None
 
     def _config(self):
         from fabric import Config
@@ -336,9 +344,10 @@ class SSHTransport:
             sock = getattr(hop.transport, "sock", None)
             if isinstance(sock, socket.socket):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            hop.transport.set_keepalive(15)
             hop = hop.gateway if isinstance(hop.gateway, Connection) else None
         self.conn = conn
+        interval, count = keepalive_settings(conn.ssh_config)
+        self.watch = LinkWatch(conn.transport, interval, count)
 
     def _connect_error(self, exc: Exception, kh: str, target: str, timeout: int) -> Exception:
         """paramiko's and the socket's exceptions -> the OpsError a person can act on."""
@@ -435,11 +444,100 @@ class SSHTransport:
 
     def close(self) -> None:
         conn, self.conn = self.conn, None
+        if self.watch is not None:
+            self.watch.stop()
         if conn is not None:
             _close_hops(conn)
 
     def describe(self) -> str:
         return f"ssh {self.host.ssh}"
+
+
+DEFAULT_ALIVE_INTERVAL = 5.0  # s between keepalives when ssh_config sets no ServerAliveInterval
+DEFAULT_ALIVE_COUNT = 3  # unanswered keepalives before the link is declared dead (OpenSSH's default)
+
+
+def keepalive_settings(ssh_config) -> tuple[float, int]:
+    """(ServerAliveInterval, ServerAliveCountMax) from the host's ssh_config, with a sane default:
+    OpenSSH sends none by default, which leaves a dead link unnoticed for minutes (TCP
+    retransmissions); 5 s x 3 notices it in 15 s. ServerAliveInterval 0 keeps the default too: a
+    tool that must give up on dead links cannot turn the check off."""
+
+    def number(key: str, default: float) -> float:
+        try:
+            value = float(ssh_config.get(key, default))
+        except (TypeError, ValueError):
+            return default
+        return value if value > 0 else default
+
+    return number("serveraliveinterval", DEFAULT_ALIVE_INTERVAL), int(number("serveralivecountmax",
+                                                                             DEFAULT_ALIVE_COUNT))
+
+
+class LinkWatch:
+    """OpenSSH's ServerAlive for a paramiko transport. paramiko's own keepalive sends requests
+    that want no reply, so it never notices a dead link. Here a `keepalive@openssh.com` global
+    request wants a reply (any server answers it, with a failure) every `interval` seconds; when
+    none has been answered for `count` intervals the link is dead: the transport is closed, which
+    wakes every channel reader at once (it reads EOF; the caller asks `dead` why). The judge is a
+    thread of its own, so a ping stuck behind a full send buffer on a dead link is judged too."""
+
+    def __init__(self, transport, interval: float, count: int) -> None:  # noqa: ANN001
+        self.transport = transport
+        self.interval = interval
+        self.count = count
+        self.dead: str | None = None
+        self._waiting_since: float | None = None  # the oldest unanswered ping
+        self._stop = threading.Event()
+        for target in (self._pinger, self._judge):
+            threading.Thread(target=target, name="ops-keepalive", daemon=True).start()
+
+    @property
+    def window(self) -> float:
+        return self.interval * self.count
+
+    def _ping(self, answered: threading.Event) -> None:
+        from paramiko.common import cMSG_GLOBAL_REQUEST
+        from paramiko.message import Message
+
+        self.transport.completion_event = answered  # set by paramiko on REQUEST_SUCCESS/FAILURE
+        m = Message()
+        m.add_byte(cMSG_GLOBAL_REQUEST)
+        m.add_string("keepalive@openssh.com")
+        m.add_boolean(True)
+        self.transport._send_user_message(m)
+
+    def _pinger(self) -> None:
+        while not self._stop.wait(self.interval):
+            if not self.transport.is_active():
+                return
+            if self._waiting_since is None:
+                self._waiting_since = time.monotonic()
+            answered = threading.Event()
+            try:
+                self._ping(answered)
+            except Exception:  # the transport broke under us: its readers see EOF already
+                return
+            if answered.wait(self.interval):
+                self._waiting_since = None
+
+    def _judge(self) -> None:
+        while not self._stop.wait(min(1.0, self.interval / 2)):
+            since = self._waiting_since
+            if since is not None and time.monotonic() - since >= self.window:
+                self.dead = (f"the link died: no answer to keepalives for {self.window:g}s "
+                             f"(ServerAliveInterval {self.interval:g} x ServerAliveCountMax {self.count})")
+                self._stop.set()
+                try:
+                    self.transport.close()
+                except Exception:
+                    pass
+                return
+            if not self.transport.is_active():
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 def fingerprint(key) -> str:

@@ -799,7 +799,8 @@ class Lifecycle:
             r = self.secrets.redact_obj(r)
             self.emit({"event": "service", "phase": "stop", "result": r})
             results.append(r)
-        return {"ok": all(r["outcome"] != "failed" for r in results), "services": results}
+        ok = all(r["outcome"] != "failed" and not r.get("state_error") for r in results)
+        return {"ok": ok, "services": results}
 
     def _mark_quietly(self, name, **fields):
         """Record a state change; a failed write (a full disk) is returned, never raised: it
@@ -808,8 +809,9 @@ class Lifecycle:
             self.store.mark(name, **fields)
             return None
         except OSError as exc:
-            return "could not record the state of %s in %s: %s" % (
-                name, exc.filename or self.store.root, exc.strerror or exc)
+            return "%s was not written to %s: %s" % (
+                getattr(exc, "what", None) or "the state of %s" % name, exc.filename or self.store.root,
+                exc.strerror or exc)
 
     def _verify_child_stopped(self, spec, all_specs):
         sup = all_specs[spec["supervised_by"]]
@@ -913,6 +915,7 @@ class Lifecycle:
             "detail": detail,
             "note": note,
             "warnings": warnings,
+            "state_error": "; ".join(warnings) or None,
         }
 
     def _targets(self, table, name, state, start_id=None):

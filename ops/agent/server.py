@@ -8,15 +8,17 @@ closes. Work already handed to it finishes even if the client goes away (writes 
 quietly), so a dropped connection never leaves a phase half-done.
 """
 
+import errno
 import json
 import os
 import select
 import signal
 import sys
+import tempfile
 import time
 import traceback
 
-from . import checks, deployops, hostlock, procs, systemd
+from . import build, checks, deployops, hostlock, procs, systemd
 from .gates import tail_lines
 from .lifecycle import Lifecycle
 from .state import expand
@@ -133,6 +135,7 @@ OPS = {
 
 OPS.update(deployops.OPS)
 OPS.update(checks.OPS)
+OPS.update(build.OPS)
 OPS.update(systemd.OPS)
 
 
@@ -151,7 +154,7 @@ def register(name, fn):
 
 
 def serve(inp=None, out=None):
-    inp = inp or sys.stdin
+    inp = inp or sys.stdin.buffer  # bytes: request lines, and the raw streams that follow some
     chan = Channel(out or sys.stdout)
     # The SSH session may go away mid-phase: finish the work, then exit at EOF.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -190,6 +193,11 @@ def _loop(inp, chan):
         except ValueError:
             chan.send({"event": "error", "type": "protocol", "message": "bad JSON request"})
             continue
+        stream_error = None
+        if req.get("stream"):
+            # N raw bytes follow the request line (a git bundle): copied to a file in bounded
+            # chunks, never held in memory; consumed in full even if the file cannot be written
+            stream_error = _receive(inp, int(req["stream"]), req.setdefault("args", {}))
         op = req.get("op")
         fn = OPS.get(op)
         if fn is None:
@@ -204,6 +212,8 @@ def _loop(inp, chan):
             chan.send(event)
 
         try:
+            if stream_error is not None:
+                raise stream_error
             args = req.get("args") or {}
             locked = None
             if needs_host_lock(op, args):
@@ -220,15 +230,76 @@ def _loop(inp, chan):
                     hostlock.release(locked)
             chan.send({"id": rid, "event": "result", "data": data})
         except Exception as exc:  # report, keep serving
-            chan.send(
-                {
-                    "id": rid,
-                    "event": "error",
-                    "type": type(exc).__name__,
-                    "message": str(exc),
-                    "trace": traceback.format_exc(limit=5),
-                }
-            )
+            event = {
+                "id": rid,
+                "event": "error",
+                "type": type(exc).__name__,
+                "message": str(exc),
+                "trace": traceback.format_exc(limit=5),
+            }
+            event.update(os_error_fields(exc))
+            chan.send(event)
+        finally:
+            path = (req.get("args") or {}).get("_stream")
+            if path:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+
+
+STREAM_CHUNK = 256 * 1024
+
+
+def _receive(inp, size, args):
+    """Copy `size` bytes of the request's stream from inp to a temp file (args["_stream"]), in
+    chunks. Returns None, or the OSError that stopped the copy (the rest is read and dropped so the
+    next request line is where it should be)."""
+    from .state import WriteFailed, expand
+
+    state_dir = (args.get("host") or {}).get("state_dir")
+    error, f = None, None
+    try:
+        d = expand(state_dir) if state_dir else None
+        if d:
+            os.makedirs(d, exist_ok=True)
+        fd, path = tempfile.mkstemp(prefix=".ops-stream-", dir=d)
+        args["_stream"] = path
+        f = os.fdopen(fd, "wb")
+    except OSError as exc:
+        error = WriteFailed(state_dir or "the temp directory", "the received bundle", exc)
+    left = size
+    while left > 0:
+        chunk = inp.read(min(STREAM_CHUNK, left))
+        if not chunk:
+            error = error or EOFError("the stream ended %d bytes early" % left)
+            break
+        left -= len(chunk)
+        if f is not None and error is None:
+            try:
+                f.write(chunk)
+            except OSError as exc:
+                error = WriteFailed(args.get("_stream"), "the received bundle", exc)
+    if f is not None:
+        try:
+            f.close()
+        except OSError as exc:
+            error = error or WriteFailed(args.get("_stream"), "the received bundle", exc)
+    return error
+
+
+def os_error_fields(exc):
+    """A system error on the host (disk full, permission, read-only) is not a bug in the agent:
+    the client reports it as what it is, naming the path and what was not written."""
+    if not isinstance(exc, OSError):
+        return {}
+    return {
+        "os_error": True,
+        "errno": errno.errorcode.get(exc.errno or 0, str(exc.errno)),
+        "strerror": exc.strerror or str(exc),
+        "path": exc.filename,
+        "what": getattr(exc, "what", None),
+    }
 
 
 def main(version=None):

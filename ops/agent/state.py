@@ -18,7 +18,27 @@ def expand(path, base=None):
     return os.path.normpath(p)
 
 
-def write_json_atomic(path, data):
+class WriteFailed(OSError):
+    """A file the agent had to write was not written (disk full, read-only, permissions): carries
+    the file's path and what it holds, so the client can say exactly what was lost."""
+
+    def __init__(self, path, what, cause):
+        super().__init__(cause.errno, cause.strerror or str(cause), path)
+        self.what = what
+
+
+def write_json_atomic(path, data, what=None):
+    """Write JSON to path atomically (temp file + rename). A failure raises WriteFailed naming the
+    path and `what` it holds; the old content is left as it was."""
+    try:
+        _write_json_atomic(path, data)
+    except WriteFailed:
+        raise
+    except OSError as exc:
+        raise WriteFailed(path, what or "a state file", exc) from exc
+
+
+def _write_json_atomic(path, data):
     d = os.path.dirname(path)
     os.makedirs(d, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=d)
@@ -59,7 +79,7 @@ class StateStore:
     def save(self, name, data):
         data = dict(data)
         data["updated_at"] = time.time()
-        write_json_atomic(self.service_path(name), data)
+        write_json_atomic(self.service_path(name), data, "the state of service %s" % name)
         return data
 
     def mark(self, name, **fields):

@@ -15,6 +15,7 @@ import pytest
 from ops import control, deploy, inventory
 from ops.session import connect
 from tests.harness import deployed_demo_services, free_port, git, wait_until
+from tests.integration.deploykit import Output, spawn_inv
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -353,24 +354,78 @@ def gone(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
 
 
-def test_ctrl_c_stops_after_the_current_step_and_releases_the_lock(tmp_path, sshd, repo, cleanup_hosts):
+def test_ctrl_c_once_stop_has_begun_finishes_start_and_verify_and_releases_the_lock(
+        tmp_path, sshd, repo, cleanup_hosts):
     inv_path = slow_setup(tmp_path, sshd, repo)
     cleanup_hosts(inv_path)
     proc = start_deploy(inv_path, repo)
     try:
         agent = lock_holder_when_booting(tmp_path)
-        proc.send_signal(2)  # SIGINT, as Ctrl-C in a terminal
-        out, err = proc.communicate(timeout=30)
+        proc.send_signal(2)  # SIGINT, as Ctrl-C in a terminal, while the service is starting
+        out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130, out + err
-    assert "interrupted" in out
+    # the critical section is atomic: the start is finished and verified, never left half-done
+    assert proc.returncode == 0, out + err
+    assert "interrupted" in out and "finishes start and verify" in out
     assert not (tmp_path / "hosts/box/state/deploy.lock").exists()
     wait_until(lambda: gone(agent), timeout=10, message="the agent left on the host")
     entries = [json.loads(x) for x in (tmp_path / "hosts/box/state/journal.jsonl").read_text().splitlines()]
-    assert entries[-1]["outcome"] == "interrupted"
-    assert [s["name"] for s in entries[-1]["steps"]] == ["deliver", "stop", "start"]
+    assert entries[-1]["outcome"] == "ok"
+    assert [s["name"] for s in entries[-1]["steps"]] == ["deliver", "stop", "start", "verify"]
+    inv = inventory.load(inv_path)
+    with connect(inv, inv.hosts["box"]) as s:
+        assert [x["state"] for x in control.status(s)] == ["running"]
+
+
+def test_ctrl_c_during_a_failing_start_still_rolls_back_and_leaves_the_old_code_running(
+        tmp_path, sshd, repo, cleanup_hosts):
+    inv_path = slow_setup(tmp_path, sshd, repo)
+    cleanup_hosts(inv_path)
+    assert run_inv(inv_path, repo, "deploy").returncode == 0
+    good = git(repo, "rev-parse", "HEAD")
+    script = repo / "late_ready.py"
+    script.write_text(script.read_text().replace('    print(args.line, flush=True)\n',
+                                                 '    raise SystemExit("broken on purpose")\n', 1))
+    git(repo, "commit", "-qam", "broken start")
+    log = tmp_path / "hosts/box/state/logs/slow.log"
+    seen = log.read_text().count("booting")
+    proc = start_deploy(inv_path, repo)
+    try:
+        wait_until(lambda: log.read_text().count("booting") > seen, timeout=30, message="the new start")
+        if not os.environ.get("NOSIG"):
+            proc.send_signal(2)
+        out, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == deploy.EXIT_ROLLED_BACK, out + err
+    assert "rollback-start ok" in out and "rollback-verify ok" in out, out
+    inv = inventory.load(inv_path)
+    with connect(inv, inv.hosts["box"]) as s:
+        assert [x["state"] for x in control.status(s)] == ["running"]
+    assert git(tmp_path / "hosts/box/checkout", "rev-parse", "HEAD") == good
+
+
+def test_a_second_ctrl_c_abandons_the_deploy(tmp_path, sshd, repo, cleanup_hosts):
+    inv_path = slow_setup(tmp_path, sshd, repo)
+    cleanup_hosts(inv_path)
+    proc = spawn_inv(inv_path, repo, "deploy")
+    out = Output(proc)
+    try:
+        agent = lock_holder_when_booting(tmp_path)
+        proc.send_signal(2)
+        out.wait_for("Ctrl-C again to abandon", timeout=20)
+        proc.send_signal(2)
+        text = out.finish(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, text
+    # the host's agent finishes its step on its own and lets the lock go
+    wait_until(lambda: gone(agent), timeout=20, message="the agent left on the host")
+    assert not (tmp_path / "hosts/box/state/deploy.lock").exists()
 
 
 def test_a_dropped_connection_finishes_the_step_on_the_host_and_a_rerun_converges(
