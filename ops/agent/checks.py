@@ -172,14 +172,14 @@ class Checks:
         self.lc.prepare(self.specs, self.all_specs)
         # the secrets of every service of the host (env_file values, header files) are redacted
         # from every check sent back: a log line matched by a gate can carry a token
-        self.lc._remember_secrets(self.specs, self.all_specs)
+        self.lc.remember_secrets(self.specs, self.all_specs)
         self.clock = clock
         self.sleep = sleep
 
     # --- helpers -----------------------------------------------------------------------
 
-    def _snapshot(self):
-        return self.lc._snapshot()
+    def snapshot(self):
+        return self.lc.snapshot()
 
     def _owned(self, spec, table, pattern=None):
         """(owned [Proc], foreign [(Proc, why)]): the processes matching the service's pattern
@@ -228,7 +228,7 @@ class Checks:
 
     def tree(self, spec):
         t0 = self.clock()
-        table = self._snapshot()
+        table = self.snapshot()
         if spec.get("supervised_by"):
             return self._tree_supervised(spec, self.all_specs[spec["supervised_by"]], table, t0)
         return self._tree_top(spec, table, t0)
@@ -412,7 +412,7 @@ class Checks:
         sup_pid, why = self.owner(spec)
         if sup_pid is None:
             return self._check("restart", spec, False, why + "; nothing was killed", t0, **extra)
-        table = self._snapshot()
+        table = self.snapshot()
         sup_proc = table.get(sup_pid)
         extra["supervisor"] = {"service": sup["name"], "pid": sup_pid}
         if sup_proc is None:
@@ -457,7 +457,7 @@ class Checks:
         new, gone, gates = None, None, []
         while True:
             now = self.clock()
-            table = self._snapshot()
+            table = self.snapshot()
             cur = table.get(sup_pid)
             if cur is None or not cur.alive or cur.starttime != sup_proc.starttime:
                 detail = "the supervisor %s (pid %d) died %.2fs after its child pid %d was killed" % (
@@ -505,7 +505,7 @@ class Checks:
                     extra.update(
                         restart_time=took,
                         gates=[{k: g[k] for k in ("name", "ok", "detail", "elapsed")} for g in gates],
-                        tree=procs.tree_lines(self._snapshot(), sup_pid),
+                        tree=procs.tree_lines(self.snapshot(), sup_pid),
                     )
                     names = ", ".join(g["name"] for g in gates)
                     detail = "pid %d was killed (SIG%s); %s brought back pid %d in %.2fs%s" % (
@@ -585,7 +585,7 @@ class Checks:
 
     def orphans(self, spec, table=None):
         t0 = self.clock()
-        table = self._snapshot() if table is None else table
+        table = self.snapshot() if table is None else table
         root, why = self.owner(spec)
         legit = tree_pids(table, root) if root is not None else set()
         if root is not None and spec.get("supervised_by"):
@@ -616,7 +616,7 @@ class Checks:
         checks = health_checks(spec)
         if not checks:
             return self._check("health", spec, False, "%s declares no health check" % spec["name"], t0)
-        table = self._snapshot()
+        table = self.snapshot()
         root, _why = self.owner(spec)
         own = tree_pids(table, root) if root is not None else set()
         ok, detail, results = run_health_checks(checks, self.lc.secrets, owner_pids=own, table=table)
@@ -657,7 +657,7 @@ class Checks:
 
     def instances(self, spec, table=None):
         t0 = self.clock()
-        table = self._snapshot() if table is None else table
+        table = self.snapshot() if table is None else table
         owned, foreign = self._owned(spec, table)
         found = instances(table, owned)  # a master with its workers is one instance
         limit = spec.get("max_instances")
@@ -687,7 +687,7 @@ class Checks:
             wait = t0 + i * interval - self.clock()
             if wait > 0:
                 self.sleep(wait)
-            table = self._snapshot()
+            table = self.snapshot()
             sample = {
                 "t": round(self.clock() - t0, 2),
                 "counts": dict((s["name"], self._count(s, table)) for s in specs),
@@ -707,9 +707,9 @@ class Checks:
         return {"checks": checks, "samples": samples}
 
     def _count(self, spec, table):
-        unit = self.lc._unit_spec(spec)
+        unit = self.lc.unit_spec(spec)
         if unit is not None:
-            return self.lc._units().count(unit, table)
+            return self.lc.units().count(unit, table)
         return len(instances(table, self._owned(spec, table)[0]))
 
     # --- steps -------------------------------------------------------------------------
@@ -718,9 +718,9 @@ class Checks:
         """One step of a plan: {"check": NAME, "service": SERVICE, ...options} -> one check."""
         spec = self.all_specs[step["service"]]
         kind = step["check"]
-        unit = self.lc._unit_spec(spec) if kind in ("tree", "restart", "orphans") else None
+        unit = self.lc.unit_spec(spec) if kind in ("tree", "restart", "orphans") else None
         if unit is not None:  # systemd runs it: its cgroup is the evidence (ops/agent/systemd.py)
-            units = self.lc._units()
+            units = self.lc.units()
             if kind == "restart":
                 timeout = float(step.get("timeout") or 30.0)
                 return units.check_restart(self, unit, step.get("signal") or "KILL", timeout)

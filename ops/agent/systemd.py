@@ -499,7 +499,7 @@ class Units:
         try:
             if self._uses_journal(spec):
                 return self.journal_lines(spec, LOG_TAIL, after)
-            return self.lc._tail(spec, since=position)
+            return self.lc.tail(spec, since=position)
         except UnitError as exc:
             return ["(%s)" % exc]
 
@@ -694,7 +694,7 @@ class Units:
         if self._uses_journal(spec):
             watches[name] = self.journal_watch(spec, cursor)
         else:
-            log_path = self.lc._log_path(spec)
+            log_path = self.lc.log_path(spec)
             try:
                 os.makedirs(os.path.dirname(log_path), exist_ok=True)
             except OSError:
@@ -703,7 +703,7 @@ class Units:
             position = (watches[name].offset, watches[name].inode)
         for c in children:
             if (c.get("ready") or {}).get("log"):
-                watches[c["name"]] = LogWatch(self.lc._log_path(c))
+                watches[c["name"]] = LogWatch(self.lc.log_path(c))
         try:
             return self._start_and_gate(spec, children, before, cursor, position, watches, t_start, m_start)
         finally:
@@ -713,7 +713,7 @@ class Units:
     def _preflight(self, spec, children, props):
         """(gate, why) when the start must not even be tried: a copy already runs outside the
         unit's cgroup (not signalled: it is not provably the unit's), or the port is held."""
-        table = self.lc._snapshot()
+        table = self.lc.snapshot()
         mine = self.pids(props)
         for s in [spec] + list(children):
             strays = self._strays(table, s, mine)
@@ -734,7 +734,7 @@ class Units:
         return None
 
     def _already_running(self, spec, children, props):
-        table = self.lc._snapshot()
+        table = self.lc.snapshot()
         mine = self.pids(props)
         pid = _int(props.get("MainPID")) or None
         bad = []
@@ -815,7 +815,7 @@ class Units:
                     props,
                 )
             if first is not None and props.get("ActiveState") == "active":
-                table = self.lc._snapshot()
+                table = self.lc.snapshot()
                 mine = self.pids(props)
                 for g in list(gates):
                     ok, detail = g[1](table, props, mine)
@@ -910,7 +910,7 @@ class Units:
             name, manager="systemd", unit=unit, stopped=True, stopped_at=time.time(), stopped_by="user"
         )
         left = self.pids(after)
-        table = self.lc._snapshot()
+        table = self.lc.snapshot()
         if left:
             return self._result(
                 spec,
@@ -1001,7 +1001,7 @@ class Units:
             description="%s (ops service %s)" % (spec["cmd"], spec["name"]),
             argv=argv,
             cwd=cwd,
-            log=self.lc._log_path(spec),
+            log=self.lc.log_path(spec),
             env=spec.get("env") or {},
             env_file=env_file,
             restart=spec.get("restart"),
@@ -1032,7 +1032,7 @@ class Units:
         except OSError:
             current = None
         try:  # systemd opens the log (StandardOutput=append:) but does not create its directory
-            os.makedirs(os.path.dirname(self.lc._log_path(spec)), exist_ok=True)
+            os.makedirs(os.path.dirname(self.lc.log_path(spec)), exist_ok=True)
         except OSError:
             pass
         if current == text:
@@ -1164,7 +1164,7 @@ class Units:
             props = self.show(spec)
         except UnitError as exc:
             return ch._check("tree", spec, False, str(exc), t0, unit=unit)
-        table = self.lc._snapshot()
+        table = self.lc.snapshot()
         mine = self.pids(props)
         main = _int(props.get("MainPID"))
         mapped = state_of(props)
@@ -1224,7 +1224,7 @@ class Units:
             props = self.show(spec)
         except UnitError as exc:
             return ch._check("orphans", spec, False, str(exc), t0, offenders=[])
-        table = self.lc._snapshot()
+        table = self.lc.snapshot()
         mine = self.pids(props)
         offenders = [
             offender(table, p, "outside the cgroup of %s" % unit) for p in self._strays(table, spec, mine)
@@ -1288,7 +1288,7 @@ class Units:
             cursor = self.cursor(spec) if journal else None
         except UnitError as exc:
             return ch._check("restart", spec, False, str(exc) + "; nothing was killed", t0, **extra)
-        watch = self.journal_watch(spec, cursor) if journal else LogWatch(self.lc._log_path(spec))
+        watch = self.journal_watch(spec, cursor) if journal else LogWatch(self.lc.log_path(spec))
         try:
             try:
                 rc, out, err = self.ctl(spec, ["kill", "--kill-whom=main", "-s", "SIG" + signame, unit])
@@ -1344,7 +1344,7 @@ class Units:
                     ]
                     passed, details = [], {}
                 if new_inv is not None:
-                    table = self.lc._snapshot()
+                    table = self.lc.snapshot()
                     mine = self.pids(props)
                     for g in list(gates):
                         ok, detail = g[1](table, props, mine)
@@ -1439,7 +1439,7 @@ def _each_unit(args, emit, fn):
     lc = Lifecycle(args["host"], emit)
     specs = args.get("services") or []
     all_specs = dict((s["name"], s) for s in (args.get("all_services") or specs))
-    lc._remember_secrets(specs, all_specs)
+    lc.remember_secrets(specs, all_specs)
     units = Units(lc)
     results = []
     for spec in specs:
@@ -1511,7 +1511,7 @@ def op_unit_logs(args, emit):
 
     lc = Lifecycle(args["host"], emit)
     spec = args["service"]
-    lc._remember_secrets([spec], dict((s["name"], s) for s in args.get("all_services") or [spec]))
+    lc.remember_secrets([spec], dict((s["name"], s) for s in args.get("all_services") or [spec]))
     units = Units(lc)
     unit = unit_spec(spec, lc.store) or spec
     if args.get("follow"):

@@ -295,7 +295,7 @@ class TableChecks(checks.Checks):
         self.owners = owners
         self.lc.probe_factory = lambda: CheckoutProbe(elsewhere)
 
-    def _snapshot(self):
+    def snapshot(self):
         return self.tables.pop(0) if len(self.tables) > 1 else self.tables[0]
 
     def owner(self, spec):
