@@ -168,6 +168,10 @@ OPS = {
 OPS.update(deployops.OPS)
 OPS.update(checks.OPS)
 
+from . import fileops  # noqa: E402  (small files for user-written steps: ops.api)
+
+OPS.update(fileops.OPS)
+
 
 # the operations that change what runs on the host: one at a time per host (hostlock.py)
 MUTATING = frozenset(["start", "stop", "verify_restart"])
