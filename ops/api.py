@@ -66,6 +66,7 @@ __all__ = [
     "Session",
     "StepResult",
     "TaskContext",
+    "UsageError",
     "confirm",
     "load_inventory",
     "on_hosts",
