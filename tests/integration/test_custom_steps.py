@@ -178,3 +178,47 @@ def test_api_call_fails_when_the_service_writes_no_call_log(rig: Rig) -> None:
                 in r.stdout)
     finally:
         rig.stop()
+
+
+def readme_example() -> str:
+    """The complete tasks.py of the README's "Your own steps" section (its first python block)."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("## Your own steps", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readme_example_copied_into_a_fresh_directory_works_with_inv(rig: Rig, tmp_path: Path) -> None:
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "tasks.py").write_text(readme_example())
+    (rig.checkout / "scripts").mkdir()
+    (rig.checkout / "scripts" / "supervisor.py").write_text("print('ok')\n")
+    make_trees(rig)
+    rig.write({})
+
+    listed = inv(rig, "--list", cwd=fresh)
+    assert "py-compile" in listed.stdout and "clean-trees" in listed.stdout and "deploy" in listed.stdout
+
+    r = inv(rig, "py-compile", "--host", "box", cwd=fresh)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "py-compile" in r.stdout and "box" in r.stdout and " ok " in r.stdout
+    # its failing twin: a syntax error fails the step, exit 1, with py_compile's message
+    (rig.checkout / "scripts" / "supervisor.py").write_text("def broken(:\n")
+    r = inv(rig, "py-compile", "--host", "box", cwd=fresh)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "failed" in r.stdout and "SyntaxError" in r.stdout
+
+    r = inv(rig, "clean-trees", "--host", "box", cwd=fresh)  # no terminal: refused
+    assert r.returncode == 2 and "--yes" in r.stderr
+    assert (rig.checkout / "trees" / "gh-1").is_dir()
+    r = inv(rig, "clean-trees", "--host", "box", "--yes", "--json", cwd=fresh)
+    assert r.returncode == 0, r.stdout + r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["ok"] and doc["steps"][0]["hosts"]["box"]["detail"] == "cleaned; 0 service(s) running"
+    assert sorted(p.name for p in (rig.checkout / "trees").iterdir()) == ["keep"]  # the link went too
+    assert (rig.root / "outside").is_dir()
+    assert (rig.checkout / "logs" / "cleaned.txt").read_text() == "cleaned; running: []\n"
+
+    j = inv(rig, "journal", "--host", "box", "--json", cwd=fresh)
+    steps = [(e["step"], e["outcome"]) for e in json.loads(j.stdout)["entries"] if e.get("kind") == "step"]
+    assert steps == [("py-compile", "ok"), ("py-compile", "failed"), ("clean-trees", "ok")]
