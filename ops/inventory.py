@@ -20,6 +20,7 @@ from typing import Any
 
 from ops.agent.ownership import default_match, resolve_argv
 from ops.errors import InventoryError
+from ops.probes import Probe
 
 DEFAULT_READY_TIMEOUT = 30.0
 DEFAULT_STOP_TIMEOUT = 10.0
@@ -83,7 +84,8 @@ class Service:
     heartbeat: Heartbeat | None = None
     max_instances: int | None = None
     restart: Restart = field(default_factory=Restart)
-    checks: tuple[str, ...] = ()  # what `verify.all` runs for it, in order (VERIFY_CHECKS); () = default
+    # what `verify.all` runs for it, in order: VERIFY_CHECKS names and probes (ops/probes.py); () = default
+    checks: tuple[str | Probe, ...] = ()
     # True when `match` was not given: the agent then uses the command line as the host resolves
     # it (absolute paths), anchored at both ends (ops/agent/ownership.py)
     match_default: bool = False
@@ -222,6 +224,10 @@ def _is_table(v: Any) -> bool:
     return isinstance(v, dict)
 
 
+def _is_check_list(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str | dict) for x in v)
+
+
 TYPE_NAMES: dict[Checker, str] = {
     _is_str: "a string",
     _is_int: "an integer",
@@ -230,6 +236,7 @@ TYPE_NAMES: dict[Checker, str] = {
     _is_str_list: "a list of strings",
     _is_str_map: "a table of strings",
     _is_table: "a table",
+    _is_check_list: "a list of check names and check tables ({ cmd = ... }, { file = ... }, { tcp = ... })",
 }
 
 TOP_KEYS: dict[str, Checker] = {
@@ -287,7 +294,7 @@ SERVICE_KEYS: dict[str, Checker] = {
     "stable_after": _is_num,
     "breaker": _is_int,
     "min_uptime": _is_num,
-    "checks": _is_str_list,
+    "checks": _is_check_list,
     "match_overlaps": _is_str_list,
 }
 # `checks` values: the verification steps of ops/verify.py ("restart" kills the child: opt-in only).
@@ -1053,7 +1060,7 @@ def _build_service(
         heartbeat=heartbeat,
         max_instances=t.get("max_instances"),
         restart=restart,
-        checks=_verify_checks(ctx, where, t, supervised_by, health, heartbeat),
+        checks=_verify_checks(ctx, where, t, supervised_by, health, heartbeat, sub),
         match_default=match_default,
         match_overlaps=tuple(t.get("match_overlaps", [])),
     )
@@ -1066,9 +1073,17 @@ def _verify_checks(
     supervised_by: str | None,
     health: Health | None,
     heartbeat: Heartbeat | None,
-) -> tuple[str, ...]:
-    """`checks = [...]`: known names, each backed by what it checks (a supervisor, a health...)."""
-    checks = tuple(t.get("checks", ()))
+    sub: Callable[[str, str], str] | None = None,
+) -> tuple[str | Probe, ...]:
+    """`checks = [...]`: known names, each backed by what it checks (a supervisor, a health...),
+    and tables for checks beyond HTTP ({ cmd = ... }, { file = ... }, { tcp = ... }: ops/probes.py)."""
+    from ops import probes
+
+    declared = list(t.get("checks", ()))
+    for i, item in enumerate(declared):
+        if isinstance(item, dict):
+            declared[i] = probes.parse(item, where, ctx.fail, sub or (lambda _k, v: v))
+    checks = tuple(c for c in declared if isinstance(c, str))
     needs = {
         "restart": (supervised_by, "supervisor (supervised_by, or a supervisor's children = [...])"),
         "health": (health, "health check (health = {...})"),
@@ -1090,7 +1105,7 @@ def _verify_checks(
             )
     if len(set(checks)) != len(checks):
         raise ctx.fail(where, "key 'checks' lists a check twice")
-    return checks
+    return tuple(declared)
 
 
 def _start_order(ctx: _Ctx, where: str, services: Mapping[str, Service]) -> list[str]:
