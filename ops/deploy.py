@@ -264,10 +264,20 @@ class HostDeployer:
         return (
             self.step("rollback-deliver" if rollback else "deliver",
                       lambda: self._deliver(commit, basis, rollback))
+            and self._hooks("after_deliver", rollback) and self._hooks("before_stop", rollback)
             and self.step("rollback-stop" if rollback else "stop", self._stop)
             and self.step("rollback-start" if rollback else "start", self._start)
+            and self._hooks("after_start", rollback)
             and self.step("rollback-verify" if rollback else "verify", self._verify)
+            and self._hooks("after_verify", rollback)
         )
+
+    def _hooks(self, point: str, rollback: bool) -> bool:
+        """The host's deploy hooks at this point (ops/hooks.py), each a step; none in a rollback."""
+        from ops import hooks
+
+        return rollback or all(self.step(f"hook {h.name}", lambda h=h: hooks.run(self.s, h))
+                               for h in self.host.hooks.get(point, ()))
 
     def run(self, target: str | None = None, rollback_only: bool = False) -> HostDeploy:
         r = self.result

@@ -20,6 +20,7 @@ from typing import Any
 
 from ops.agent.ownership import default_match, resolve_argv
 from ops.errors import InventoryError
+from ops.hooks import Hook
 from ops.probes import Probe
 
 DEFAULT_READY_TIMEOUT = 30.0
@@ -162,6 +163,8 @@ class Host:
     branch: str | None = None
     remote: str = "origin"
     min_mem_available_mb: float | None = None  # verify.watch fails below this much MemAvailable
+    # deploy hooks per point (after_deliver, before_stop, after_start, after_verify): ops/hooks.py
+    hooks: Mapping[str, tuple[Hook, ...]] = field(default_factory=dict)
 
     @property
     def local(self) -> bool:
@@ -246,6 +249,7 @@ TOP_KEYS: dict[str, Checker] = {
     "ssh": _is_table,
     "defaults": _is_table,
     "preflight": _is_table,
+    "hooks": _is_table,
 }
 SSH_KEYS: dict[str, Checker] = {"config": _is_str, "known_hosts": _is_str}
 DEFAULT_KEYS: dict[str, Checker] = {
@@ -269,6 +273,7 @@ HOST_KEYS: dict[str, Checker] = {
     "remote": _is_str,
     "overrides": _is_table,
     "min_mem_available_mb": _is_num,
+    "hooks": _is_table,
 }
 SERVICE_KEYS: dict[str, Checker] = {
     "cmd": _is_str,
@@ -451,6 +456,19 @@ def parse(data: Mapping[str, Any], path: str, base_dir: Path | None = None) -> I
                     f"defined hosts: {', '.join(sorted(hosts))}",
                 )
         groups[gname] = tuple(members)
+
+    if "hooks" in data or any("hooks" in t for t in hosts_raw.values()):  # deploy hooks (ops/hooks.py)
+        from dataclasses import replace
+
+        from ops import hooks as hook_mod
+
+        defs = hook_mod.parse_definitions(data.get("hooks", {}), ctx.fail, str(base))
+        for hname, table in hosts_raw.items():
+            if "hooks" in table:
+                h = hosts[hname]
+                points = hook_mod.parse_points(table["hooks"], f"hosts.{hname}", defs, ctx.fail,
+                                               {"host": hname, "path": h.path, "state_dir": h.state_dir})
+                hosts[hname] = replace(h, hooks=points)
 
     preflight = _build_preflight(ctx, data.get("preflight", {}), hosts, groups, base)
     return Inventory(
