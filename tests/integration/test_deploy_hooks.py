@@ -154,3 +154,27 @@ def test_a_bad_hook_point_names_the_host(tmp_path: Path, points: str, fragment: 
     with pytest.raises(InventoryError) as info:
         inventory.load(p)
     assert info.value.where == "hosts.h" and fragment in info.value.message, info.value.message
+
+
+def test_a_cmd_check_in_deploys_verify_step_fails_the_deploy_and_rolls_it_back(tmp_path, sshd, repo,  # noqa: F811
+                                                                               cleanup_hosts) -> None:  # noqa: F811
+    checks = ('overrides.demo_api.checks = ["tree", { cmd = "test ! -e examples/demo/NO_VERIFY", '
+              'name = "no-marker" }, { tcp = "${port}" }]')
+    path = write_inventory(tmp_path, None, {"box": ""}, extra=checks)
+    cleanup_hosts(path)
+    first = git(repo, "rev-parse", "HEAD")
+    r = run_inv(path, repo, "deploy", "--host", "box")
+    assert r.returncode == 0, r.stdout + r.stderr
+    (repo / "examples/demo/NO_VERIFY").write_text("x\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "fails its verify")
+    r = run_inv(path, repo, "deploy", "--host", "box")
+    assert r.returncode == deploy.EXIT_ROLLED_BACK, r.stdout + r.stderr
+    inv = inventory.load(path)
+    assert health_commit(inv, "box") == first
+    with connect(inv, inv.host("box")) as s:
+        entry = deploy.journal(s)[-1]
+    failed = next(x for x in entry["steps"] if not x["ok"])
+    assert failed["name"] == "verify" and "no-marker demo_api: `test ! -e examples/demo/NO_VERIFY` exited 1" \
+        in failed["detail"]
+    assert entry["steps"][-1]["name"] == "rollback-verify" and entry["steps"][-1]["ok"]

@@ -111,3 +111,41 @@ def test_a_task_turns_ops_errors_into_their_exit_code_and_message(capsys: pytest
     with pytest.raises(Exit) as info:
         says_no(Context())
     assert info.value.code == 1
+
+
+def test_every_public_name_has_a_docstring_and_type_hints() -> None:
+    import inspect
+
+    missing = []
+    for name in api.__all__:
+        obj = getattr(api, name)
+        if obj.__module__ not in ("ops.api",):  # re-exported (Host, OpsError...): documented at home
+            continue
+        if not inspect.getdoc(obj):
+            missing.append(name)
+        members = inspect.getmembers(obj) if inspect.isclass(obj) else []
+        for mname, member in members:
+            if mname.startswith("_"):
+                continue
+            fn = member.fget if isinstance(member, property) else member
+            if inspect.isfunction(fn) and fn.__qualname__.startswith(obj.__name__ + "."):
+                if not inspect.getdoc(fn):
+                    missing.append(f"{name}.{mname}")
+                hints = fn.__annotations__
+                if "return" not in hints:
+                    missing.append(f"{name}.{mname} (return type)")
+        if inspect.isfunction(obj) and "return" not in obj.__annotations__:
+            missing.append(f"{name} (return type)")
+    assert missing == []
+
+
+def test_user_code_needs_no_internal_name() -> None:
+    """The examples and the README example use ops.api (and ops.tasks.ns to add their tasks) only."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    texts = [(repo / "examples" / "custom" / "tasks.py").read_text(),
+             (repo / "README.md").read_text().split("## Your own steps", 1)[1].split("## ", 1)[0]]
+    for text in texts:
+        for internal in ('.call("exec"', "tasks._inventory", "errors_to_exit", "HostSession", "ops.session"):
+            assert internal not in text
