@@ -62,12 +62,10 @@ def test_run_output_is_bounded_to_its_tail(local_rig: Rig) -> None:
 def test_run_output_and_read_file_are_redacted_of_the_hosts_secrets(rig: Rig) -> None:
     rig.write(rig.demo())
     with api.session("box", rig.inv) as s:
-        probe = s._raw.call("exec", {"cmd": ["true"]})
-        if "stdout_bytes" not in probe:
-            pytest.skip("the agent's exec does not redact yet: it comes with issue 16's bounded exec "
-                        "(ops/agent/execrun.py); ops.api passes it what it needs")
-        r = s.run(["cat", str(rig.env_file)])
+        r = s.run(["cat", str(rig.env_file)])  # the agent's exec redacts (ops/agent/execrun.py)
         assert rig.token not in r.stdout and "DEMO_TOKEN=***" in r.stdout
+        r = s.run(["sh", "-c", f"cat {rig.token_file} >&2; exit 1"])
+        assert r.stderr == "***\n" and rig.token not in r.summary()
     with api.session("box", rig.inv) as s:
         assert rig.token not in (s.read_file(str(rig.token_file)) or "")
 
