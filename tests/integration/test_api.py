@@ -127,12 +127,15 @@ def test_on_hosts_runs_in_parallel_and_keys_outcomes_by_host_name_with_partial_f
         "hosts.there": {"ssh": "opstest", "path": str(checkout), "state_dir": str(tmp_path / "s2"),
                         "services": []},
         "hosts.gone": {"ssh": "opsdead", "path": "/srv", "services": [], "connect_timeout": 3},
+        # a second inventory host on the same sshd: outcomes are keyed by name, never by connection
+        "hosts.twin": {"ssh": "opstest-twin", "path": str(checkout), "state_dir": str(tmp_path / "s3"),
+                       "services": []},
     })
     (tmp_path / "hosts.toml").write_text(text)
     inv = api.load_inventory(tmp_path / "hosts.toml")
-    outcomes = api.on_hosts(lambda s: s.run(["hostname"]).ok, "all", inv)
-    assert list(outcomes) == ["here", "there", "gone"]
-    assert outcomes["here"].value is True and outcomes["there"].value is True
+    outcomes = api.on_hosts(lambda s: s.run(["echo", s.name]).stdout.strip(), "all", inv)
+    assert list(outcomes) == ["here", "there", "gone", "twin"]
+    assert [outcomes[h].value for h in ("here", "there", "twin")] == ["here", "there", "twin"]
     assert not outcomes["gone"].ok and outcomes["gone"].error.exit_code == 3
     # a step journals every host, the unreachable one included
     os.environ["OPS_JOURNAL"] = str(tmp_path / "journal.jsonl")
