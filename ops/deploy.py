@@ -383,6 +383,7 @@ def build_plan(host: Host, source: Source | None, target: str | None, probe: dic
                                             ("health", s.ready.health)) if on] for s in start},
         "running": {k: {"state": v["state"], "pid": v["pid"]} for k, v in running.items()},
         "would_signal": signalled,
+        "hooks": {point: [h.name for h in hooks] for point, hooks in host.hooks.items() if hooks},
     }
 
 

@@ -373,6 +373,8 @@ def deploy_plan(rep: Reporter, plan: dict) -> None:
     gates = "; ".join(f"{k} [{', '.join(v) or 'no gates'}]" for k, v in plan["gates"].items())
     rep.line(f"  4. start (in order): {gates or '-'}")
     rep.line("  5. verify; on failure roll back to the previous commit")
+    for point, names in (plan.get("hooks") or {}).items():  # deploy hooks (ops/hooks.py)
+        rep.line(f"  hooks {point}: {', '.join(names)}")
     running = ", ".join(f"{k}={v['state']}" + (f"({v['pid']})" if v["pid"] else "")
                         for k, v in plan["running"].items())
     rep.line(f"  now: {running or 'nothing declared'}")

@@ -178,3 +178,15 @@ def test_a_cmd_check_in_deploys_verify_step_fails_the_deploy_and_rolls_it_back(t
     assert failed["name"] == "verify" and "no-marker demo_api: `test ! -e examples/demo/NO_VERIFY` exited 1" \
         in failed["detail"]
     assert entry["steps"][-1]["name"] == "rollback-verify" and entry["steps"][-1]["ok"]
+
+
+def test_dry_run_lists_the_hooks_and_runs_none(hooked_host, repo) -> None:  # noqa: F811
+    inv_path, host = hooked_host
+    r = run_inv(inv_path, repo, "deploy", "--host", host, "--dry-run")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "hooks after_deliver: mark_deliver, no_broken" in r.stdout
+    assert "hooks after_start: running" in r.stdout
+    state = Path(inventory.load(inv_path).host(host).state_dir)
+    assert not (state / "hooks.log").exists()
+    r = run_inv(inv_path, repo, "deploy", "--host", host, "--dry-run", "--json")
+    assert json.loads(r.stdout)["hosts"][0]["plan"]["hooks"]["before_stop"] == ["mark_stop"]
