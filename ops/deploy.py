@@ -338,10 +338,14 @@ class HostDeployer:
                          force=self.critical):
             return "deliver"
         self.delivered = True
+        if not self._hooks("after_deliver", rollback):
+            return "after_deliver"
         built = self.host.releases and self.reused  # a release that passed its build already
         if self.host.build_steps() and not built and not self.step(
                 pre + "build", lambda: self._build(commit), force=self.critical):
             return "build"
+        if not self._hooks("before_stop", rollback):
+            return "before_stop"
         if self.cancel.is_set() and not self.critical:
             raise Interrupted(f"{self.host.name}: interrupted before stop")
         self.critical = True  # from here on, Ctrl-C finishes start and verify, or rolls back
@@ -352,12 +356,22 @@ class HostDeployer:
         for name, fn in phases:
             if not self.step(pre + name, fn):
                 return name
+            # deploy hooks (ops/hooks.py) after start and after verify fail like a built-in step
+            if name in ("start", "verify") and not self._hooks("after_" + name, rollback):
+                return "after_" + name
         return "ok"
 
     def _restore(self, commit: str | None) -> None:
         """Before stop: put the tree back at what runs (the old code keeps serving untouched)."""
         if commit and self.delivered and not self.critical and not self.host.releases:
             self.step("restore", lambda: self._deliver(commit, None, rollback=True), force=True)
+
+    def _hooks(self, point: str, rollback: bool) -> bool:
+        """The host's deploy hooks at this point (ops/hooks.py), each a step; none in a rollback."""
+        from ops import hooks
+
+        return rollback or all(self.step(f"hook {h.name}", lambda h=h: hooks.run(self.s, h))
+                               for h in self.host.hooks.get(point, ()))
 
     def run(self, target: str | None = None, rollback_only: bool = False) -> HostDeploy:
         r = self.result
@@ -393,7 +407,7 @@ class HostDeployer:
                     marked = [current]  # rolled back: never walked back to again
             elif stage == "deliver":
                 r.outcome, r.error = "failed", self._first_failure()
-            elif stage == "build":
+            elif stage in ("build", "after_deliver", "before_stop"):  # nothing was stopped yet
                 self._restore(current)
                 r.outcome, r.error = "failed", self._first_failure()
                 r.advice = "the old code kept running; fix the build and deploy again"
@@ -571,6 +585,7 @@ def build_plan(host: Host, source: Source | None, target: str | None, probe: dic
         "build": [b.name for b in host.build_steps()],
         "layout": host.layout,
         "notes": list(notes or []),
+        "hooks": {point: [h.name for h in hooks] for point, hooks in host.hooks.items() if hooks},
     }
 
 

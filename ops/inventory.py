@@ -21,6 +21,8 @@ from typing import Any
 from ops import inventory_values as values
 from ops.agent.ownership import default_match, resolve_argv
 from ops.errors import InventoryError
+from ops.hooks import Hook
+from ops.probes import Probe
 
 DEFAULT_READY_TIMEOUT = 30.0
 DEFAULT_STOP_TIMEOUT = 10.0
@@ -116,7 +118,8 @@ class Service:
     heartbeat: Heartbeat | None = None
     max_instances: int | None = None
     restart: Restart = field(default_factory=Restart)
-    checks: tuple[str, ...] = ()  # what `verify.all` runs for it, in order (VERIFY_CHECKS); () = default
+    # what `verify.all` runs for it, in order: VERIFY_CHECKS names and probes (ops/probes.py); () = default
+    checks: tuple[str | Probe, ...] = ()
     supervisor_log: str | None = None  # the tool's supervisor's own lines (restart policy only)
     # True when `match` was not given: the agent then uses the command line as the host resolves
     # it (absolute paths), anchored at both ends (ops/agent/ownership.py)
@@ -221,6 +224,8 @@ class Host:
     def build_steps(self) -> tuple[BuildStep, ...]:
         """Every build step of a deploy, in order: the host's, then each service's (start order)."""
         return self.build + tuple(b for s in self.services for b in s.build)
+    # deploy hooks per point (after_deliver, before_stop, after_start, after_verify): ops/hooks.py
+    hooks: Mapping[str, tuple[Hook, ...]] = field(default_factory=dict)
 
     @property
     def local(self) -> bool:
@@ -287,6 +292,10 @@ def _is_table_or_tables(v: Any) -> bool:
     return isinstance(v, dict) or (isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v))
 
 
+def _is_check_list(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str | dict) for x in v)
+
+
 def _is_build(v: Any) -> bool:
     return isinstance(v, list) and all(isinstance(x, str | dict) for x in v)
 
@@ -301,6 +310,7 @@ TYPE_NAMES: dict[Checker, str] = {
     _is_table: "a table",
     _is_table_or_tables: "a table or a non-empty list of tables",
     _is_build: 'a list of commands (strings, or tables like { cmd = "...", timeout = 600 })',
+    _is_check_list: "a list of check names and check tables ({ cmd = ... }, { file = ... }, { tcp = ... })",
 }
 
 TOP_KEYS: dict[str, Checker] = {
@@ -310,6 +320,7 @@ TOP_KEYS: dict[str, Checker] = {
     "ssh": _is_table,
     "defaults": _is_table,
     "preflight": _is_table,
+    "hooks": _is_table,
 }
 SSH_KEYS: dict[str, Checker] = {"config": _is_str, "known_hosts": _is_str}
 DEFAULT_KEYS: dict[str, Checker] = {
@@ -337,6 +348,7 @@ HOST_KEYS: dict[str, Checker] = {
     "layout": _is_str,
     "shared": _is_str_list,
     "keep": _is_int,
+    "hooks": _is_table,
 }
 SERVICE_KEYS: dict[str, Checker] = {
     "cmd": _is_str,
@@ -363,7 +375,7 @@ SERVICE_KEYS: dict[str, Checker] = {
     "breaker": _is_int,
     "min_uptime": _is_num,
     "max_restarts": _is_int,
-    "checks": _is_str_list,
+    "checks": _is_check_list,
     "match_overlaps": _is_str_list,
     "manager": _is_str,
     "unit": _is_str,
@@ -536,6 +548,19 @@ def parse(data: Mapping[str, Any], path: str, base_dir: Path | None = None) -> I
                     f"defined hosts: {', '.join(sorted(hosts))}",
                 )
         groups[gname] = tuple(members)
+
+    if "hooks" in data or any("hooks" in t for t in hosts_raw.values()):  # deploy hooks (ops/hooks.py)
+        from dataclasses import replace
+
+        from ops import hooks as hook_mod
+
+        defs = hook_mod.parse_definitions(data.get("hooks", {}), ctx.fail, str(base))
+        for hname, table in hosts_raw.items():
+            if "hooks" in table:
+                h = hosts[hname]
+                points = hook_mod.parse_points(table["hooks"], f"hosts.{hname}", defs, ctx.fail,
+                                               {"host": hname, "path": h.path, "state_dir": h.state_dir})
+                hosts[hname] = replace(h, hooks=points)
 
     if any(h.ssh is not None for h in hosts.values()):  # only SSH hosts read the ssh_config
         values.ssh_section(ctx.fail, ssh, _expand_local(ssh["config"], base) if "config" in ssh else None)
@@ -1274,7 +1299,7 @@ def _build_service(
         heartbeat=heartbeat,
         max_instances=t.get("max_instances"),
         restart=restart,
-        checks=_verify_checks(ctx, where, t, supervised_by, health, heartbeat),
+        checks=_verify_checks(ctx, where, t, supervised_by, health, heartbeat, sub),
         supervisor_log=(f"{variables['state_dir']}/logs/{name}.supervisor.log"
                         if restart.policy != "no" else None),
         match_default=match_default,
@@ -1316,9 +1341,17 @@ def _verify_checks(
     supervised_by: str | None,
     health: Health | None,
     heartbeat: Heartbeat | None,
-) -> tuple[str, ...]:
-    """`checks = [...]`: known names, each backed by what it checks (a supervisor, a health...)."""
-    checks = tuple(t.get("checks", ()))
+    sub: Callable[[str, str], str] | None = None,
+) -> tuple[str | Probe, ...]:
+    """`checks = [...]`: known names, each backed by what it checks (a supervisor, a health...),
+    and tables for checks beyond HTTP ({ cmd = ... }, { file = ... }, { tcp = ... }: ops/probes.py)."""
+    from ops import probes
+
+    declared = list(t.get("checks", ()))
+    for i, item in enumerate(declared):
+        if isinstance(item, dict):
+            declared[i] = probes.parse(item, where, ctx.fail, sub or (lambda _k, v: v))
+    checks = tuple(c for c in declared if isinstance(c, str))
     needs = {
         "restart": (
             supervised_by or (t.get("manager") == "systemd" or t.get("persist")) or None,
@@ -1343,7 +1376,7 @@ def _verify_checks(
             )
     if len(set(checks)) != len(checks):
         raise ctx.fail(where, "key 'checks' lists a check twice")
-    return checks
+    return tuple(declared)
 
 
 def _start_order(ctx: _Ctx, where: str, services: Mapping[str, Service]) -> list[str]:

@@ -425,9 +425,18 @@ def deploy_plan(rep: Reporter, plan: dict) -> None:
     for action in (plan.get("systemctl") or {}).get("start", []):
         rep.line(f"       systemd: {action}")
     rep.line("  6. verify; on failure roll back to the previous commit")
+    for point, names in (plan.get("hooks") or {}).items():  # deploy hooks (ops/hooks.py)
+        rep.line(f"  hooks {point}: {', '.join(names)}")
     running = ", ".join(f"{k}={v['state']}" + (f"({v['pid']})" if v["pid"] else "")
                         for k, v in plan["running"].items())
     rep.line(f"  now: {running or 'nothing declared'}")
+
+
+def _journal_what(e: dict) -> str:
+    """The journal's "commits" cell: a deploy's commits, or a custom step's name (ops.api)."""
+    if e.get("kind") == "step":
+        return f"step {e.get('step')}" + (f" ({e['task']})" if e.get("task") else "")
+    return f"{_short(e.get('from'))} -> {_short(e.get('to'))}"
 
 
 def journal(rep: Reporter, host: str, entries: list[dict]) -> None:
@@ -439,7 +448,7 @@ def journal(rep: Reporter, host: str, entries: list[dict]) -> None:
         failed = next((s for s in e.get("steps", []) if not s["ok"]), None)
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.get("started_at", 0)))
         rows.append([e.get("run_id", "?"), when, e.get("user", "?"), e.get("outcome", "?"),
-                     f"{_short(e.get('from'))} -> {_short(e.get('to'))}", f"{e.get('duration', 0):.1f}s",
+                     _journal_what(e), f"{e.get('duration', 0):.1f}s",
                      f"{failed['name']}: {failed['detail']}" if failed else ""])
     rep._table(f"deploy journal of {host}", ["run", "when", "user", "outcome", "commits", "time",
                                               "failed step"], rows)
@@ -958,3 +967,23 @@ class Board:
 def _sample_row(host: str, s: dict[str, Any]) -> list[str]:
     counts = "  ".join(f"{k}={v}" for k, v in s["counts"].items())
     return [host, f"{s['t']:.1f}s", _mb(s.get("mem_available")), counts]
+
+
+# --- custom steps (ops.api) --------------------------------------------------------------------
+
+
+def custom_step(rep: Reporter, step: str, outcomes) -> None:
+    """A user-written step's outcome on each host (ops.api.TaskContext.each): a table row per host
+    with its outcome, time and detail (an error's advice under the table)."""
+    rows, styles = [], []
+    for o in outcomes:
+        if o.error is not None:
+            outcome = "unreachable" if o.error.exit_code == 3 else "failed"
+            rows.append([o.host, outcome, f"{o.duration:.2f}s", o.error.message])
+        else:
+            outcome = "ok" if o.value.ok else "failed"
+            rows.append([o.host, outcome, f"{o.value.duration:.2f}s", o.value.detail])
+        styles.append(STATE_STYLE.get(outcome))
+    rep._table(f"step {step}", ["host", "outcome", "time", "detail"], rows,
+               styles if rep.fmt == "rich" else None)
+    rep.advice(outcomes)

@@ -127,7 +127,7 @@ def heartbeat_services(host: Host, names: list[str] | None) -> list[Service]:
     return _declaring(host, names, "heartbeat", "heartbeat")
 
 
-def default_checks(service: Service) -> list[str]:
+def default_checks(service: Service) -> list[Any]:
     """The checks verify.all runs for a service: its declared `checks`, else the
     non-destructive default (tree, health, heartbeat, instances as declared, then orphans)."""
     if service.checks:
@@ -145,9 +145,14 @@ def default_checks(service: Service) -> list[str]:
 
 def plan_all(host: Host, restart_timeout: float = DEFAULT_RESTART_TIMEOUT) -> list[dict[str, Any]]:
     """verify.all's steps for a host, in the order a runbook's Verification section reads."""
+    from ops.probes import Probe
+
     steps: list[dict[str, Any]] = []
     for svc in host.services:
         for check in default_checks(svc):
+            if isinstance(check, Probe):  # cmd / file / tcp (ops/probes.py)
+                steps.append(check.to_step(svc.name))
+                continue
             step: dict[str, Any] = {"check": check, "service": svc.name}
             if check == "restart":
                 step.update(signal=DEFAULT_SIGNAL, timeout=float(restart_timeout))
@@ -164,6 +169,8 @@ def steps_timeout(host: Host, steps: list[dict[str, Any]]) -> float:
         total += SNAPSHOT_COST + health
         if step["check"] == "heartbeat" and svc.heartbeat is not None:
             total += min(svc.heartbeat.max_age, HEARTBEAT_TORN_WAIT)  # torn reads are read again
+        if step["check"] in ("cmd", "tcp"):  # probes (ops/probes.py)
+            total += float(step.get("timeout") or 0)
         if step["check"] == "restart":
             total += float(step.get("timeout") or DEFAULT_RESTART_TIMEOUT) + health
     return total

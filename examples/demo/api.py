@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
 """Demo HTTP API (imitates phone_api.py): a health check and a token-protected contact lookup.
 
-    python3 api.py --port 8770 [--host 127.0.0.1]
+    python3 api.py --port 8770 [--host 127.0.0.1] [--calls-dir DIR]
 
 GET /health               -> 200 {"status": "ok", "commit": C, "pid": P}
                              (500 {"status": "failing"} when DEMO_API_FAIL=1: a broken variant)
 GET /v1/lookup?name=NAME  -> needs header X-Demo-Token == $DEMO_TOKEN;
                              200 {"name", "number"} | 404 unknown name | 401 {"error": "bad token"}
+
+With --calls-dir, every answered lookup is appended as a JSON line (time, name, status; never the
+token) to DIR/api-calls-YYYYMMDD.jsonl, the call log a runbook step checks after one unit of work.
 
 The commit is $DEMO_COMMIT, else the first line of ./REVISION, else `git rev-parse HEAD` in the
 current directory, else "unknown". Stdlib only, python3.8+. The token is never printed.
@@ -107,9 +110,20 @@ class Handler(BaseHTTPRequestHandler):
             return
         number = CONTACTS.get(name.lower())
         if number is None:
+            self.record_call(name, 404)
             self.send_json(404, {"error": "unknown name", "name": name})
             return
+        self.record_call(name, 200)
         self.send_json(200, {"name": name, "number": number})
+
+    def record_call(self, name, status):
+        calls_dir = self.server.calls_dir
+        if not calls_dir:
+            return
+        os.makedirs(calls_dir, exist_ok=True)
+        path = os.path.join(calls_dir, time.strftime("api-calls-%Y%m%d.jsonl"))
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"ts": time.time(), "name": name, "status": status}) + "\n")
 
     def log_request(self, code="-", size="-"):
         # One short line per request; never headers (the token travels in a header).
@@ -124,6 +138,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description="demo HTTP API")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--calls-dir", help="append each answered lookup to DIR/api-calls-YYYYMMDD.jsonl")
     args = parser.parse_args(argv)
 
     try:
@@ -133,6 +148,7 @@ def main(argv=None):
         return 1
     server.daemon_threads = True
     server.commit = find_commit()
+    server.calls_dir = os.path.abspath(args.calls_dir) if args.calls_dir else None
 
     stop = []  # the handler only appends: Event.set() in a handler can deadlock on its own lock
 

@@ -97,6 +97,8 @@ class Supervisor:
         argv = [sys.executable, API, "--port", str(self.args.api_port)]
         if self.args.api_host != "127.0.0.1":
             argv += ["--host", self.args.api_host]
+        if self.args.api_calls_dir:
+            argv += ["--calls-dir", self.args.api_calls_dir]
         env = child_env()
         out = self.api_log if self.api_log is not None else None
         self.started_at = time.monotonic()
@@ -188,6 +190,7 @@ def main(argv=None):
     auto.add_argument("--api-port", type=int, required=True)
     auto.add_argument("--api-host", default="127.0.0.1")
     auto.add_argument("--api-log", help="append the API's output here (opened once)")
+    auto.add_argument("--api-calls-dir", help="the API logs each lookup under this directory")
     auto.add_argument("--no-restart", action="store_true", help="broken variant: never restart")
     auto.add_argument("--restart-delay", type=float, default=0.5)
     auto.add_argument("--breaker", type=int, default=5, help="consecutive short runs to give up")

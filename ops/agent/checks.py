@@ -737,6 +737,10 @@ class Checks:
             return self.heartbeat(spec)
         if kind == "instances":
             return self.instances(spec)
+        if kind in ("cmd", "file", "tcp"):  # checks beyond HTTP (hosts.toml: ops/probes.py)
+            from . import probes
+
+            return probes.run(self, spec, step)
         raise ValueError("unknown check %r" % kind)
 
     def run(self, steps):

@@ -138,6 +138,10 @@ OPS.update(checks.OPS)
 OPS.update(build.OPS)
 OPS.update(systemd.OPS)
 
+from . import fileops  # noqa: E402  (small files for user-written steps: ops.api)
+
+OPS.update(fileops.OPS)
+
 
 # the operations that change what runs on the host: one at a time per host (hostlock.py)
 MUTATING = frozenset(["start", "stop", "verify_restart", "unit_enable", "unit_persist"])

@@ -85,7 +85,8 @@ def test_services_declare_checks_and_hosts_a_memory_floor() -> None:
             "[services.api] key 'checks' lists 'instances' but the service declares no max_instances",
         ),
         (["tree", "tree"], "[services.api] key 'checks' lists a check twice"),
-        ("tree", "[services.api] key 'checks' must be a list of strings, got the string 'tree'"),
+        ("tree", "[services.api] key 'checks' must be a list of check names and check tables ({ cmd = ... }, "
+             "{ file = ... }, { tcp = ... }), got the string 'tree'"),
     ],
 )
 def test_a_bad_checks_list_is_an_inventory_error_naming_the_service(checks_value: Any, message: str) -> None:
