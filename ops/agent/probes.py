@@ -172,7 +172,7 @@ def check_tcp(step, ch, spec):
     extra["ms"] = ms
     if host in LOCAL_HOSTS and spec.get("port") == port:
         # the service's own port: the answer must come from the service's own tree
-        table = ch._snapshot()
+        table = ch.snapshot()
         root, why = ch.owner(spec)
         holders = procs.listening_pids(port)
         mine = holders & tree_pids(table, root) if root is not None else set()
