@@ -410,7 +410,8 @@ class HostDeployer:
             elif stage in ("build", "after_deliver", "before_stop"):  # nothing was stopped yet
                 self._restore(current)
                 r.outcome, r.error = "failed", self._first_failure()
-                r.advice = "the old code kept running; fix the build and deploy again"
+                r.advice = ("the old code kept running; fix the build and deploy again" if stage == "build"
+                            else f"the old code kept running; the {stage} hook refused the commit")
             elif self.opts.rollback and current and current != r.to_commit and not rollback_only:
                 marked = [r.to_commit]
                 back = self._roll(current, None, rollback=True)

@@ -915,6 +915,9 @@ class Board:
             host_row = self.rows.get((host, ""))
             if service and host_row is not None and host_row.text == "connecting...":
                 host_row.text, host_row.took = "connected", now - host_row.since
+        live = self.live
+        if live is not None and done:
+            live.refresh()  # every outcome is drawn at least once, however short it was on screen
 
     def _line(self, text: str, style: str | None = None) -> None:
         if self.rep.fmt == "plain":

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ops import deploy, inventory
+from ops import control, deploy, inventory
 from ops.errors import InventoryError
 from ops.session import connect
 from tests.harness import git
@@ -86,24 +86,26 @@ def test_hooks_run_at_their_points_and_a_failing_hook_rolls_the_deploy_back(hook
                                  "start", "hook running", "verify", "hook mark_verify"]
     assert next(s for s in entry["steps"] if s["name"] == "hook running")["detail"] == "all running"
 
-    # a commit the after_deliver hook refuses: the deploy fails at the hook and rolls back
+    # a commit the after_deliver hook refuses: the deploy fails at the hook, before anything was
+    # stopped, so the tree is put back and the old code keeps serving (nothing to roll back)
+    with connect(inv, inv.host(host)) as s:
+        before = {r["name"]: r["pid"] for r in control.status(s)}
     (repo / "examples/demo/BROKEN").write_text("x\n")
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "broken")
     r = run_inv(inv_path, repo, "deploy", "--host", host)
-    assert r.returncode == deploy.EXIT_ROLLED_BACK, r.stdout + r.stderr
-    assert "rolled-back" in r.stdout and "BROKEN marker present" in r.stdout
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "BROKEN marker present" in r.stdout and "the old code kept running" in r.stdout
     assert health_commit(inv, host) == first
     with connect(inv, inv.host(host)) as s:
         entry = deploy.journal(s)[-1]
+        assert {r["name"]: r["pid"] for r in control.status(s)} == before  # never stopped
     failed = next(s for s in entry["steps"] if not s["ok"])
     assert failed["name"] == "hook no_broken"
     assert failed["detail"].endswith("exit 3: BROKEN marker present")
-    assert "stop" not in step_names(entry)  # it failed before the stop; the rollback restarted
-    assert step_names(entry)[-4:] == ["rollback-deliver", "rollback-stop", "rollback-start",
-                                      "rollback-verify"]
+    assert "stop" not in step_names(entry) and step_names(entry)[-1] == "restore"
     local = [json.loads(x) for x in (inv_path.parent / "journal.jsonl").read_text().splitlines()]
-    assert [e["outcome"] for e in local] == ["ok", "rolled-back"]
+    assert [e["outcome"] for e in local] == ["ok", "failed"]
 
 
 def test_a_failing_after_start_hook_rolls_back_to_the_previous_commit(tmp_path, sshd, repo,  # noqa: F811
