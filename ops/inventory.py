@@ -1,4 +1,6 @@
-"""hosts.toml -> frozen dataclasses, with validation errors that name the file, table and key.
+"""hosts.toml -> the frozen dataclasses of ops/model.py, with validation errors that name the file,
+the table and the key. The model lives in ops/model.py, value rules in ops/inventory_values.py,
+host/service selection in ops/selection.py; this module reads, checks and builds.
 
 The inventory declares hosts and services. Services are defined once under ``[services.NAME]`` and
 listed by hosts; a host may override a service's keys under ``[hosts.H.overrides.NAME]`` (e.g. a
@@ -14,455 +16,60 @@ import re
 import shlex
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ops import inventory_values as values
 from ops.agent.ownership import default_match, resolve_argv
 from ops.errors import InventoryError
-from ops.hooks import Hook
-from ops.probes import Probe
-
-DEFAULT_READY_TIMEOUT = 30.0
-DEFAULT_STOP_TIMEOUT = 10.0
-DEFAULT_CONNECT_TIMEOUT = 10.0
-DEFAULT_COMMAND_TIMEOUT = 300.0
-SIGNALS = ("TERM", "INT", "HUP", "QUIT", "KILL", "USR1", "USR2")
-
-
-@dataclass(frozen=True)
-class Health:
-    url: str
-    status: int = 200
-    body: str | None = None  # regex the body must match
-    headers: Mapping[str, str] = field(default_factory=dict)
-    header_files: Mapping[str, str] = field(default_factory=dict)  # header -> file on the host
-    timeout: float = 5.0
-    name: str = "health"  # several checks: each has its own name
-    gate: bool = True  # it gates the start (when ready.health); false: status/verify only
-
-    def to_agent(self) -> dict[str, Any]:
-        return {
-            "url": self.url,
-            "status": self.status,
-            "body": self.body,
-            "headers": dict(self.headers),
-            "header_files": dict(self.header_files),
-            "timeout": self.timeout,
-            "name": self.name,
-            "gate": self.gate,
-        }
-
-
-@dataclass(frozen=True)
-class Ready:
-    log: str | None = None  # regex matched in log lines written after this start
-    port: bool = False  # the port accepts and is held by the service's own processes
-    health: bool = False  # the health check passes
-    timeout: float = DEFAULT_READY_TIMEOUT
-
-
-@dataclass(frozen=True)
-class Heartbeat:
-    file: str
-    max_age: float
-    field: str | None = None  # JSON field holding a unix timestamp; None: the file's mtime
-
-
-@dataclass(frozen=True)
-class Restart:
-    policy: str = "no"  # "no" | "on-failure" | "always"
-    backoff: float = 1.0
-    backoff_max: float = 300.0
-    stable_after: float = 60.0
-    breaker: int = 5
-    min_uptime: float = 30.0
-    max_restarts: int | None = None  # restarts in all, whatever their uptime; then fatal
-
-
-DEFAULT_BUILD_TIMEOUT = 600.0  # s for one build step
-
-
-@dataclass(frozen=True)
-class BuildStep:
-    """One `build` command, run on the host in the delivered code before the services are stopped."""
-
-    name: str
-    cmd: str
-    timeout: float = DEFAULT_BUILD_TIMEOUT
-    service: str | None = None  # a service's step runs with that service's env and env_file
-
-    def to_agent(self) -> dict[str, Any]:
-        return {"name": self.name, "cmd": self.cmd, "timeout": self.timeout, "service": self.service}
-
-
-@dataclass(frozen=True)
-class Service:
-    name: str
-    cmd: str | None
-    match: str  # pgrep -f regex that finds this service's processes
-    cwd: str
-    log: str
-    port: int | None = None
-    ready: Ready = field(default_factory=Ready)
-    health: Health | None = None  # the first of health_checks
-    health_checks: tuple[Health, ...] = ()  # every declared HTTP check (health = [{...}, {...}])
-    env: Mapping[str, str] = field(default_factory=dict)
-    env_file: str | None = None
-    children: tuple[str, ...] = ()
-    supervised_by: str | None = None
-    after: tuple[str, ...] = ()
-    stop_timeout: float = DEFAULT_STOP_TIMEOUT
-    stop_signal: str = "TERM"
-    heartbeat: Heartbeat | None = None
-    max_instances: int | None = None
-    restart: Restart = field(default_factory=Restart)
-    # what `verify.all` runs for it, in order: VERIFY_CHECKS names and probes (ops/probes.py); () = default
-    checks: tuple[str | Probe, ...] = ()
-    supervisor_log: str | None = None  # the tool's supervisor's own lines (restart policy only)
-    # True when `match` was not given: the agent then uses the command line as the host resolves
-    # it (absolute paths), anchored at both ends (ops/agent/ownership.py)
-    match_default: bool = False
-    match_overlaps: tuple[str, ...] = ()  # services whose command lines `match` may match on purpose
-    manager: str = "tool"  # "tool" | "systemd" (systemd runs it; `persist` makes the tool write the unit)
-    unit: str | None = None  # the systemd unit (default NAME.service) when manager = "systemd" or persist
-    scope: str = "system"  # "system" | "user" (systemctl --user)
-    persist: bool = False  # the tool writes a unit from this table, enables it and manages it as a unit
-    log_declared: bool = True  # False: no `log` key (a unit's lines are then read from its journal)
-    build: tuple[BuildStep, ...] = ()  # run at deploy in the new code, before the stop
-
-    @property
-    def supervised(self) -> bool:
-        return self.supervised_by is not None
-
-    @property
-    def is_unit(self) -> bool:
-        """systemd runs it (manager = "systemd", or persisted by the tool)."""
-        return self.manager == "systemd" or self.persist
-
-    @property
-    def unit_name(self) -> str:
-        return self.unit or f"{self.name}.service"
-
-    def to_agent(self) -> dict[str, Any]:
-        """The plain-data spec the on-host agent works from (no secrets: files are read there)."""
-        health = self.health.to_agent() if self.health is not None else None
-        heartbeat = None
-        if self.heartbeat is not None:
-            heartbeat = {
-                "file": self.heartbeat.file,
-                "max_age": self.heartbeat.max_age,
-                "field": self.heartbeat.field,
-            }
-        return {
-            "name": self.name,
-            "cmd": self.cmd,
-            "match": self.match,
-            "match_default": self.match_default,
-            "cwd": self.cwd,
-            "log": self.log,
-            "port": self.port,
-            "ready": {
-                "log": self.ready.log,
-                "port": self.ready.port,
-                "health": self.ready.health,
-                "timeout": self.ready.timeout,
-            },
-            "health": health,
-            "health_checks": [h.to_agent() for h in self.health_checks],
-            "env": dict(self.env),
-            "env_file": self.env_file,
-            "children": list(self.children),
-            "supervised_by": self.supervised_by,
-            "stop_timeout": self.stop_timeout,
-            "stop_signal": self.stop_signal,
-            "heartbeat": heartbeat,
-            "max_instances": self.max_instances,
-            "manager": self.manager,
-            "unit": self.unit_name,
-            "scope": self.scope,
-            "persist": self.persist,
-            "journal": self.manager == "systemd" and not self.log_declared,
-            "restart": {
-                "policy": self.restart.policy,
-                "backoff": self.restart.backoff,
-                "backoff_max": self.restart.backoff_max,
-                "stable_after": self.restart.stable_after,
-                "breaker": self.restart.breaker,
-                "min_uptime": self.restart.min_uptime,
-                "max_restarts": self.restart.max_restarts,
-            },
-            "supervisor_log": self.supervisor_log,
-        }
-
-
-@dataclass(frozen=True)
-class Host:
-    name: str
-    ssh: str | None  # an ~/.ssh/config alias or user@host:port; None for the local host
-    path: str  # the checkout on the host
-    source: str  # "push" | "pull"
-    services: tuple[Service, ...]  # resolved for this host, in start order
-    state_dir: str
-    python: str = "python3"
-    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
-    command_timeout: float = DEFAULT_COMMAND_TIMEOUT
-    branch: str | None = None
-    remote: str = "origin"
-    min_mem_available_mb: float | None = None  # verify.watch fails below this much MemAvailable
-    build: tuple[BuildStep, ...] = ()  # the host's own build steps (before its services' ones)
-    layout: str = "in-place"  # "in-place": deploy into `path`; "releases": releases/<commit> + current
-    root: str = ""  # `path` as written: the checkout (in-place) or the releases root
-    shared: tuple[str, ...] = ()  # releases: paths linked from <root>/shared into every release
-    keep: int = 5  # releases: how many releases to keep
-
-    @property
-    def releases(self) -> bool:
-        return self.layout == "releases"
-
-    def build_steps(self) -> tuple[BuildStep, ...]:
-        """Every build step of a deploy, in order: the host's, then each service's (start order)."""
-        return self.build + tuple(b for s in self.services for b in s.build)
-    # deploy hooks per point (after_deliver, before_stop, after_start, after_verify): ops/hooks.py
-    hooks: Mapping[str, tuple[Hook, ...]] = field(default_factory=dict)
-
-    @property
-    def local(self) -> bool:
-        return self.ssh is None
-
-    def service(self, name: str) -> Service:
-        for svc in self.services:
-            if svc.name == name:
-                return svc
-        raise KeyError(name)
-
-    @property
-    def service_names(self) -> tuple[str, ...]:
-        return tuple(s.name for s in self.services)
-
-
-@dataclass(frozen=True)
-class Inventory:
-    path: str
-    hosts: Mapping[str, Host]
-    groups: Mapping[str, tuple[str, ...]]
-    ssh_config: str | None = None
-    known_hosts: str | None = None
-    preflight: Preflight = field(default_factory=lambda: Preflight())  # [preflight], parsed below
-
-    def host(self, name: str) -> Host:
-        return self.hosts[name]
-
-
-# --- schema -------------------------------------------------------------------------------------
-
-Checker = Callable[[Any], bool]
-
-
-def _is_str(v: Any) -> bool:
-    return isinstance(v, str)
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
-
-
-def _is_bool(v: Any) -> bool:
-    return isinstance(v, bool)
-
-
-def _is_str_list(v: Any) -> bool:
-    return isinstance(v, list) and all(isinstance(x, str) for x in v)
-
-
-def _is_str_map(v: Any) -> bool:
-    return isinstance(v, dict) and all(isinstance(x, str) for x in v.values())
-
-
-def _is_table(v: Any) -> bool:
-    return isinstance(v, dict)
-
-
-def _is_table_or_tables(v: Any) -> bool:
-    return isinstance(v, dict) or (isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v))
-
-
-def _is_check_list(v: Any) -> bool:
-    return isinstance(v, list) and all(isinstance(x, str | dict) for x in v)
-
-
-def _is_build(v: Any) -> bool:
-    return isinstance(v, list) and all(isinstance(x, str | dict) for x in v)
-
-
-TYPE_NAMES: dict[Checker, str] = {
-    _is_str: "a string",
-    _is_int: "an integer",
-    _is_num: "a number",
-    _is_bool: "true or false",
-    _is_str_list: "a list of strings",
-    _is_str_map: "a table of strings",
-    _is_table: "a table",
-    _is_table_or_tables: "a table or a non-empty list of tables",
-    _is_build: 'a list of commands (strings, or tables like { cmd = "...", timeout = 600 })',
-    _is_check_list: "a list of check names and check tables ({ cmd = ... }, { file = ... }, { tcp = ... })",
-}
-
-TOP_KEYS: dict[str, Checker] = {
-    "hosts": _is_table,
-    "services": _is_table,
-    "groups": _is_table,
-    "ssh": _is_table,
-    "defaults": _is_table,
-    "preflight": _is_table,
-    "hooks": _is_table,
-}
-SSH_KEYS: dict[str, Checker] = {"config": _is_str, "known_hosts": _is_str}
-DEFAULT_KEYS: dict[str, Checker] = {
-    "ready_timeout": _is_num,
-    "stop_timeout": _is_num,
-    "connect_timeout": _is_num,
-    "command_timeout": _is_num,
-    "python": _is_str,
-}
-HOST_KEYS: dict[str, Checker] = {
-    "ssh": _is_str,
-    "local": _is_bool,
-    "path": _is_str,
-    "source": _is_str,
-    "services": _is_str_list,
-    "state_dir": _is_str,
-    "python": _is_str,
-    "connect_timeout": _is_num,
-    "command_timeout": _is_num,
-    "branch": _is_str,
-    "remote": _is_str,
-    "overrides": _is_table,
-    "min_mem_available_mb": _is_num,
-    "build": _is_build,
-    "layout": _is_str,
-    "shared": _is_str_list,
-    "keep": _is_int,
-    "hooks": _is_table,
-}
-SERVICE_KEYS: dict[str, Checker] = {
-    "cmd": _is_str,
-    "match": _is_str,
-    "cwd": _is_str,
-    "log": _is_str,
-    "port": _is_int,
-    "ready": _is_table,
-    "health": _is_table_or_tables,
-    "env": _is_str_map,
-    "env_file": _is_str,
-    "children": _is_str_list,
-    "supervised_by": _is_str,
-    "after": _is_str_list,
-    "depends_on": _is_str_list,
-    "stop_timeout": _is_num,
-    "stop_signal": _is_str,
-    "heartbeat": _is_table,
-    "max_instances": _is_int,
-    "restart": _is_str,
-    "backoff": _is_num,
-    "backoff_max": _is_num,
-    "stable_after": _is_num,
-    "breaker": _is_int,
-    "min_uptime": _is_num,
-    "max_restarts": _is_int,
-    "checks": _is_check_list,
-    "match_overlaps": _is_str_list,
-    "manager": _is_str,
-    "unit": _is_str,
-    "scope": _is_str,
-    "persist": _is_bool,
-    "build": _is_build,
-}
-MANAGERS = ("tool", "systemd")  # who runs a service: the tool itself, or a systemd unit
-UNIT_SCOPES = ("system", "user")
-_UNIT_RE = re.compile(r"^[A-Za-z0-9:_.\\@-]+\.service$")
-NEVER_MATCHES = "(?!)"  # the pattern of a unit service that declares neither cmd nor match
-# `checks` values: the verification steps of ops/verify.py ("restart" kills the child: opt-in only).
-VERIFY_CHECKS = ("tree", "restart", "health", "heartbeat", "instances", "orphans")
-READY_KEYS: dict[str, Checker] = {
-    "log": _is_str,
-    "port": _is_bool,
-    "health": _is_bool,
-    "timeout": _is_num,
-}
-HEALTH_KEYS: dict[str, Checker] = {
-    "url": _is_str,
-    "status": _is_int,
-    "body": _is_str,
-    "headers": _is_str_map,
-    "header_files": _is_str_map,
-    "timeout": _is_num,
-    "name": _is_str,
-    "gate": _is_bool,
-}
-HEARTBEAT_KEYS: dict[str, Checker] = {"file": _is_str, "max_age": _is_num, "field": _is_str}
-
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_VAR_RE = re.compile(r"\$\{(\w+)(?::([\w.-]+))?\}")
-
-
-class _Ctx:
-    """Carries the file name so every error can name it."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def fail(self, where: str, message: str, advice: str = "") -> InventoryError:
-        return InventoryError(self.path, where, message, advice)
-
-    def check_table(self, where: str, table: Mapping[str, Any], schema: Mapping[str, Checker]):
-        for key, value in table.items():
-            if key not in schema:
-                close = difflib.get_close_matches(key, list(schema), n=1)
-                hint = f"did you mean '{close[0]}'?" if close else ""
-                known = ", ".join(sorted(schema))
-                raise self.fail(
-                    where,
-                    f"unknown key '{key}'"
-                    + ("" if where else " at the top level")
-                    + (f" ({hint})" if hint else ""),
-                    f"known keys here are: {known}",
-                )
-            checker = schema[key]
-            if not checker(value):
-                raise self.fail(
-                    where,
-                    f"key '{key}' must be {TYPE_NAMES[checker]}, got {_describe(value)}",
-                )
-
-    def regex(self, where: str, key: str, pattern: str) -> str:
-        try:
-            re.compile(pattern)
-        except re.error as exc:
-            raise self.fail(
-                where,
-                f"key '{key}' is not a valid regular expression: {exc} (pattern {pattern!r})",
-                "escape special characters such as ( [ + ? with a backslash",
-            ) from None
-        return pattern
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, bool):
-        return f"the boolean {str(value).lower()}"
-    if isinstance(value, str):
-        return f"the string {value!r}"
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, list):
-        return "a list"
-    return f"{type(value).__name__} {value!r}"
-
+from ops.hooks import Hook  # noqa: F401 (re-exported)
+from ops.model import (  # noqa: F401 (the model, re-exported: `from ops.inventory import Host` keeps working)
+    DEFAULT_BUILD_TIMEOUT,
+    DEFAULT_COMMAND_TIMEOUT,
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_PREFLIGHT_TEST_TIMEOUT,
+    DEFAULT_READY_TIMEOUT,
+    DEFAULT_STOP_TIMEOUT,
+    PREFLIGHT_RUNNERS,
+    SIGNALS,
+    BuildStep,
+    Health,
+    Heartbeat,
+    Host,
+    Inventory,
+    Preflight,
+    PreflightTest,
+    Ready,
+    Restart,
+    Service,
+)
+from ops.preflight_config import _build_preflight
+from ops.probes import Probe  # noqa: F401 (re-exported)
+from ops.schema import (  # noqa: F401 (VERIFY_CHECKS and the key tables are re-exported)
+    _NAME_RE,
+    _UNIT_RE,
+    _VAR_RE,
+    DEFAULT_KEYS,
+    HEALTH_KEYS,
+    HEARTBEAT_KEYS,
+    HOST_KEYS,
+    MANAGERS,
+    NEVER_MATCHES,
+    READY_KEYS,
+    SERVICE_KEYS,
+    SSH_KEYS,
+    TOP_KEYS,
+    UNIT_SCOPES,
+    VERIFY_CHECKS,
+    Checker,
+    _Ctx,
+    _describe,
+    _expand_local,
+    _is_num,
+    _is_str,
+    _is_str_list,
+)
+from ops.selection import resolve_hosts, select_services  # noqa: F401 (re-exported)
 
 # --- loading ------------------------------------------------------------------------------------
 
@@ -573,216 +180,6 @@ def parse(data: Mapping[str, Any], path: str, base_dir: Path | None = None) -> I
         known_hosts=_expand_local(ssh["known_hosts"], base) if "known_hosts" in ssh else None,
         preflight=preflight,
     )
-
-
-# --- [preflight] --------------------------------------------------------------------------------
-# The checks `inv preflight` runs before a PR (ops/preflight.py runs them). Validated here like the
-# rest of the file: unknown keys rejected, every error names `preflight.KEY`.
-
-PREFLIGHT_RUNNERS = ("pytest", "regex")
-DEFAULT_PREFLIGHT_TEST_TIMEOUT = 600.0
-
-
-@dataclass(frozen=True)
-class PreflightTest:
-    host: str
-    cmd: str  # run by sh on the host, in cwd; a plain command (secrets belong in files on the host)
-    cwd: str = "."  # relative to the host's checkout
-    name: str | None = None
-    runner: str = "pytest"  # "pytest": read its summary line; "regex": exit code + optional regex
-    expect_passed: int | None = None
-    expect_regex: str | None = None
-    timeout: float = DEFAULT_PREFLIGHT_TEST_TIMEOUT
-
-
-@dataclass(frozen=True)
-class Preflight:
-    base: str = "origin/main"
-    repo: str | None = None  # the local checkout to check (default: the current directory)
-    commits: int | None = None  # exact count of commits ahead of base
-    expect_commits: tuple[str, ...] = ()  # (short) ids that must all be ahead of base
-    only_expected: bool = False  # and no other commits
-    clean: bool = True
-    max_files: int | None = None
-    max_insertions: int | None = None
-    max_deletions: int | None = None
-    same_head: bool = False  # remote checkouts must be at the local HEAD, with a clean tree
-    health: tuple[str, ...] = ()  # host names (or groups) whose services must be healthy
-    tests: tuple[PreflightTest, ...] = ()
-    fetch: bool = True  # fetch the base's remote before the checks (--no-fetch)
-    min_files: int | None = None  # an empty or tiny diff on a branch that should carry work
-    min_insertions: int | None = None
-    min_deletions: int | None = None
-    expect_files: tuple[str, ...] = ()  # globs: the diff touches these paths and only these
-    body: str | None = None  # `inv pr`'s body template, relative to the checked repository
-
-
-PREFLIGHT_KEYS: dict[str, Checker] = {
-    "base": _is_str,
-    "repo": _is_str,
-    "commits": _is_int,
-    "expect_commits": _is_str_list,
-    "only_expected": _is_bool,
-    "clean": _is_bool,
-    "max_files": _is_int,
-    "max_insertions": _is_int,
-    "max_deletions": _is_int,
-    "same_head": _is_bool,
-    "health": _is_str_list,
-    "tests": lambda v: isinstance(v, list),
-    "fetch": _is_bool,
-    "min_files": _is_int,
-    "min_insertions": _is_int,
-    "min_deletions": _is_int,
-    "expect_files": _is_str_list,
-    "body": _is_str,
-}
-PREFLIGHT_TEST_KEYS: dict[str, Checker] = {
-    "host": _is_str,
-    "cmd": _is_str,
-    "cwd": _is_str,
-    "name": _is_str,
-    "runner": _is_str,
-    "expect_passed": _is_int,
-    "expect_regex": _is_str,
-    "timeout": _is_num,
-}
-_COMMIT_ID_RE = re.compile(r"^[0-9a-fA-F]{4,40}$")
-
-
-def _build_preflight(
-    ctx: _Ctx,
-    table: Mapping[str, Any],
-    hosts: Mapping[str, Host],
-    groups: Mapping[str, tuple[str, ...]],
-    base: Path,
-) -> Preflight:
-    def fail(key: str, message: str, advice: str = "") -> InventoryError:
-        return ctx.fail(f"preflight.{key}", message, advice)
-
-    for key, value in table.items():
-        if key not in PREFLIGHT_KEYS:
-            close = difflib.get_close_matches(key, list(PREFLIGHT_KEYS), n=1)
-            raise fail(
-                key,
-                f"unknown key '{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""),
-                f"known keys here are: {', '.join(sorted(PREFLIGHT_KEYS))}",
-            )
-        if not PREFLIGHT_KEYS[key](value):
-            kind = TYPE_NAMES.get(PREFLIGHT_KEYS[key], "a list of tables ([[preflight.tests]])")
-            raise fail(key, f"must be {kind}, got {_describe(value)}")
-    if "base" in table and not table["base"].strip():
-        raise fail("base", "must not be empty", 'e.g. base = "origin/main"')
-    for key in ("commits", "max_files", "max_insertions", "max_deletions", "min_files", "min_insertions",
-                "min_deletions"):
-        if key in table and table[key] < 0:
-            raise fail(key, f"must be 0 or more, got {table[key]}")
-    for what in ("files", "insertions", "deletions"):
-        lo, hi = table.get(f"min_{what}"), table.get(f"max_{what}")
-        if lo is not None and hi is not None and lo > hi:
-            raise fail(f"min_{what}", f"is {lo}, more than max_{what} = {hi}: no diff can pass",
-                       "lower the minimum or raise the maximum")
-    for pattern in table.get("expect_files", []):
-        if not pattern.strip() or pattern.startswith("/"):
-            raise fail("expect_files", f"{pattern!r} is not a path glob relative to the repository",
-                       'e.g. expect_files = ["src/app/**", "tests/test_app.py", "README.md"]')
-    if "body" in table and not table["body"].strip():
-        raise fail("body", "must not be empty", 'e.g. body = "docs/pr-template.md" (in the repository)')
-    ids = list(table.get("expect_commits", []))
-    for cid in ids:
-        if not _COMMIT_ID_RE.match(cid):
-            raise fail("expect_commits", f"{cid!r} is not a commit id", "give hex ids, 4 to 40 digits")
-    dupes = sorted({c.lower() for c in ids if [x.lower() for x in ids].count(c.lower()) > 1})
-    if dupes:
-        raise fail("expect_commits", f"lists {', '.join(dupes)} more than once")
-    if "commits" in table and ids and table["commits"] != len(ids) and table.get("only_expected"):
-        raise fail(
-            "commits",
-            f"is {table['commits']} but only_expected allows exactly the {len(ids)} expect_commits",
-            "drop one of them",
-        )
-
-    known = f"hosts: {', '.join(hosts)}" + (f"; groups: {', '.join(groups)}" if groups else "")
-    health: list[str] = []
-    for name in table.get("health", []):
-        members = list(hosts) if name == "all" else groups.get(name, (name,) if name in hosts else None)
-        if members is None:
-            raise fail("health", f"names '{name}', which is not a host or group", known)
-        for member in members:
-            if not hosts[member].services:
-                raise fail("health", f"names host '{member}', which runs no services", "remove it")
-            if member not in health:
-                health.append(member)
-
-    tests: list[PreflightTest] = []
-    for i, t in enumerate(table.get("tests", [])):
-        key = f"tests[{i}]"
-        if not isinstance(t, dict):
-            raise fail(key, f"must be a table ([[preflight.tests]]), got {_describe(t)}")
-        ctx.check_table(f"preflight.{key}", t, PREFLIGHT_TEST_KEYS)
-        for required in ("host", "cmd"):
-            if required not in t or not t[required].strip():
-                raise fail(key, f"missing key '{required}'", "each test names its host and its command")
-        if t["host"] not in hosts:
-            raise fail(key, f"key 'host' names '{t['host']}', which is not defined", known)
-        runner = t.get("runner", "regex" if "expect_regex" in t else "pytest")
-        if runner not in PREFLIGHT_RUNNERS:
-            raise fail(key, f"key 'runner' must be \"pytest\" or \"regex\", got {runner!r}")
-        pattern = t.get("expect_regex")
-        if pattern is not None:
-            if runner != "regex":
-                raise fail(key, "key 'expect_regex' is for runner = \"regex\"", "pytest is read as is")
-            ctx.regex(f"preflight.{key}", "expect_regex", pattern)
-            if "expect_passed" in t and re.compile(pattern).groups < 1:
-                raise fail(
-                    key,
-                    "key 'expect_passed' needs a capture group in 'expect_regex' to read the count from",
-                    r'e.g. expect_regex = "OK \\((\\d+) tests\\)"',
-                )
-        elif runner == "regex" and "expect_passed" in t:
-            raise fail(key, "key 'expect_passed' with runner = \"regex\" needs 'expect_regex'")
-        if t.get("expect_passed", 0) < 0:
-            raise fail(key, f"key 'expect_passed' must be 0 or more, got {t['expect_passed']}")
-        if "timeout" in t and t["timeout"] <= 0:
-            raise fail(key, f"key 'timeout' must be more than 0, got {t['timeout']}")
-        tests.append(
-            PreflightTest(
-                host=t["host"],
-                cmd=t["cmd"],
-                cwd=t.get("cwd", "."),
-                name=t.get("name"),
-                runner=runner,
-                expect_passed=t.get("expect_passed"),
-                expect_regex=pattern,
-                timeout=float(t.get("timeout", DEFAULT_PREFLIGHT_TEST_TIMEOUT)),
-            )
-        )
-
-    return Preflight(
-        base=table.get("base", "origin/main").strip(),
-        repo=os.path.normpath(_expand_local(table["repo"], base)) if "repo" in table else None,
-        commits=table.get("commits"),
-        expect_commits=tuple(ids),
-        only_expected=table.get("only_expected", False),
-        clean=table.get("clean", True),
-        max_files=table.get("max_files"),
-        max_insertions=table.get("max_insertions"),
-        max_deletions=table.get("max_deletions"),
-        same_head=table.get("same_head", False),
-        health=tuple(health),
-        tests=tuple(tests),
-        fetch=table.get("fetch", True),
-        min_files=table.get("min_files"),
-        min_insertions=table.get("min_insertions"),
-        min_deletions=table.get("min_deletions"),
-        expect_files=tuple(table.get("expect_files", [])),
-        body=table["body"].strip() if "body" in table else None,
-    )
-
-
-def _expand_local(value: str, base: Path) -> str:
-    p = Path(os.path.expanduser(value))
-    return str(p if p.is_absolute() else base / p)
 
 
 def _check_service_table(ctx: _Ctx, where: str, table: Mapping[str, Any], partial: bool = False) -> None:
@@ -1411,46 +808,3 @@ def _start_order(ctx: _Ctx, where: str, services: Mapping[str, Service]) -> list
     return order
 
 
-def resolve_hosts(inv: Inventory, spec: str | None) -> list[Host]:
-    """--host value -> hosts: a name, a comma list, a group, or 'all'. None: the only host."""
-    from ops.errors import UsageError
-
-    if not spec:
-        if len(inv.hosts) == 1:
-            return list(inv.hosts.values())
-        raise UsageError(
-            f"{inv.path} declares {len(inv.hosts)} hosts; say which with --host",
-            f"hosts: {', '.join(inv.hosts)}; groups: {', '.join(inv.groups) or '(none)'}; or 'all'",
-        )
-    names: list[str] = []
-    for part in (p.strip() for p in spec.split(",")):
-        if not part:
-            continue
-        if part == "all":
-            names.extend(inv.hosts)
-        elif part in inv.groups:
-            names.extend(inv.groups[part])
-        elif part in inv.hosts:
-            names.append(part)
-        else:
-            close = difflib.get_close_matches(part, [*inv.hosts, *inv.groups], n=1)
-            raise UsageError(
-                f"no host or group named '{part}' in {inv.path}",
-                (f"did you mean '{close[0]}'? " if close else "") + f"hosts: {', '.join(inv.hosts)}",
-            )
-    return [inv.hosts[n] for n in dict.fromkeys(names)]
-
-
-def select_services(host: Host, names: list[str] | tuple[str, ...] | None) -> list[Service]:
-    """Named services of a host in the host's order; all of them when names is empty."""
-    from ops.errors import UsageError
-
-    if not names:
-        return list(host.services)
-    unknown = [n for n in names if n not in host.service_names]
-    if unknown:
-        raise UsageError(
-            f"host '{host.name}' has no service named '{unknown[0]}'",
-            f"its services: {', '.join(host.service_names)}",
-        )
-    return [s for s in host.services if s.name in names]
