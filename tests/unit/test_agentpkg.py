@@ -3,6 +3,7 @@ commands that run and install it, and a built zip that really answers over stdin
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -18,7 +19,8 @@ from ops import agentpkg
 
 
 @pytest.fixture(autouse=True)
-def _fresh_bundle_cache():
+def _fresh_bundle_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("OPS_CACHE_DIR", str(tmp_path / "client-cache"))
     agentpkg.bundle.cache_clear()
     yield
     agentpkg.bundle.cache_clear()
@@ -221,3 +223,48 @@ def test_many_host_threads_asking_at_once_build_the_agent_once(monkeypatch):
         t.join(10)
     assert len(calls) == 1
     assert len(got) == 10 and all(b is got[0] for b in got)
+
+
+def test_a_built_agent_is_cached_on_disk_and_read_back_without_building(monkeypatch):
+    first = agentpkg.bundle()
+    cached = list(agentpkg.local_cache_dir().iterdir())
+    assert [p.name for p in cached] == [
+        f"agent-{first.version}.{hashlib.sha256(first.data).hexdigest()[:32]}.pyz"]
+
+    def no_build(agent_dir):
+        raise AssertionError("built again although a good copy is cached")
+
+    monkeypatch.setattr(agentpkg, "build", no_build)
+    agentpkg.bundle.cache_clear()
+    assert agentpkg.bundle() == first
+
+
+def test_a_damaged_cached_agent_is_built_again(monkeypatch):
+    first = agentpkg.bundle()
+    (cached,) = agentpkg.local_cache_dir().iterdir()
+    cached.write_bytes(first.data[:-10] + b"0123456789")  # same size, other bytes
+    builds = []
+    real_build = agentpkg.build
+    monkeypatch.setattr(agentpkg, "build", lambda d: builds.append(d) or real_build(d))
+    agentpkg.bundle.cache_clear()
+    assert agentpkg.bundle() == first
+    assert len(builds) == 1
+    assert cached.read_bytes() == first.data  # repaired
+
+
+def test_a_changed_agent_source_misses_the_cache(agent_copy):
+    before = agentpkg.bundle()
+    server = agent_copy / "server.py"
+    server.write_text(server.read_text() + "\n# changed\n")
+    agentpkg.bundle.cache_clear()
+    after = agentpkg.bundle()
+    assert after.version != before.version
+    assert after == agentpkg.build(agent_copy)
+    assert len(list(agentpkg.local_cache_dir().iterdir())) == 2
+
+
+def test_an_unwritable_cache_only_costs_the_build(monkeypatch, tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    monkeypatch.setenv("OPS_CACHE_DIR", str(blocker / "ops"))
+    assert agentpkg.bundle() == agentpkg.build(agentpkg.AGENT_DIR)
