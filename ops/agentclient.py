@@ -29,12 +29,32 @@ class AgentSession:
         self.shipped = False
 
     def start(self) -> dict[str, Any]:
+        """Run the agent, with the interpreter the host's ``python`` resolved to last time when it
+        is known (ops/hostcache.py); a start that fails that way forgets it and starts again with
+        ``python`` itself."""
+        from ops import hostcache
+
+        k = hostcache.key(self.host_name, self.transport.describe(), self.python)
+        resolved = hostcache.load(k).get("python")
+        try:
+            hello = self._start(resolved if isinstance(resolved, str) else None)
+        except AgentError:
+            if not resolved:
+                raise
+            hostcache.forget(k)
+            hello = self._start(None)
+        exe = hello.get("executable")
+        if isinstance(exe, str) and exe.startswith("/") and exe != resolved:
+            hostcache.remember(k, python=exe)
+        return hello
+
+    def _start(self, resolved: str | None) -> dict[str, Any]:
         """Run the agent; ship it first if the host does not have this version, and ship it again
         (once) if the copy there is damaged (python ran but no hello, or a hello of another
         version)."""
         b = agentpkg.bundle()
         for _ in range(3):
-            ch = self.transport.channel(agentpkg.run_command(self.python, b))
+            ch = self.transport.channel(agentpkg.run_command(self.python, b, resolved))
             # the interpreter's start-up (and the login shell's rc files) must not take long
             line = ch.read_line(time.monotonic() + min(self.timeout, AGENT_START_TIMEOUT))
             if line is None:

@@ -12,15 +12,14 @@ import json
 import os
 import select
 import signal
-import subprocess
 import sys
 import time
-import traceback
 
-from . import checks, deployops, hostlock, procs
-from .gates import tail_lines
-from .lifecycle import Lifecycle
+from . import hostlock, procs
 from .state import expand
+
+# Start-up cost matters (every task pays it on every host): the modules an operation needs are
+# imported when it first runs (lifecycle for status/start/stop, deployops and checks for theirs).
 
 VERSION = os.environ.get("OPS_AGENT_VERSION", "dev")
 EXEC_DRAIN = 5.0  # s to read what is left of a timed-out command's output after its group is killed
@@ -52,6 +51,8 @@ def op_ping(args, emit):
 
 
 def op_status(args, emit):
+    from .lifecycle import Lifecycle
+
     specs, all_specs = _specs(args)
     lc = Lifecycle(args["host"], emit)
     return {
@@ -62,11 +63,15 @@ def op_status(args, emit):
 
 
 def op_start(args, emit):
+    from .lifecycle import Lifecycle
+
     specs, all_specs = _specs(args)
     return Lifecycle(args["host"], emit).start(specs, all_specs)
 
 
 def op_stop(args, emit):
+    from .lifecycle import Lifecycle
+
     specs, all_specs = _specs(args)
     return Lifecycle(args["host"], emit).stop(specs, all_specs)
 
@@ -84,6 +89,8 @@ def _log_secrets(args):
 
 
 def op_logs(args, emit):
+    from .gates import tail_lines
+
     path = expand(args["path"], expand(args.get("base") or "~"))
     secrets = _log_secrets(args)
     lines = [secrets.redact(ln) for ln in tail_lines(path, int(args.get("lines", 50)))]
@@ -109,6 +116,8 @@ def op_follow(args, emit):
 
 def op_exec(args, emit):
     """Run a command on the host (argv list, or a string run by sh). Bounded by a timeout."""
+    import subprocess
+
     cmd = args["cmd"]
     cwd = expand(args["cwd"]) if args.get("cwd") else None
     env = dict(os.environ)
@@ -164,9 +173,19 @@ OPS = {
     "exec": op_exec,
 }
 
+_EXTENSIONS = ["deployops", "checks"]  # modules whose OPS are merged in on first use
 
-OPS.update(deployops.OPS)
-OPS.update(checks.OPS)
+
+def find_op(name):
+    """The function serving op ``name`` (importing the extension modules on the first op that is
+    not a core one), or None."""
+    fn = OPS.get(name)
+    while fn is None and _EXTENSIONS:
+        module = __import__(__package__ + "." + _EXTENSIONS.pop(0), fromlist=["OPS"])
+        for key, value in module.OPS.items():
+            OPS.setdefault(key, value)
+        fn = OPS.get(name)
+    return fn
 
 
 # the operations that change what runs on the host: one at a time per host (hostlock.py)
@@ -195,6 +214,7 @@ def serve(inp=None, out=None):
             "version": VERSION,
             "pid": os.getpid(),
             "python": "%d.%d.%d" % sys.version_info[:3],
+            "executable": sys.executable,  # what `python` resolved to: the client execs it next time
             "boot_id": procs.boot_id(),
             "platform": sys.platform,
             "home": os.path.expanduser("~"),
@@ -203,7 +223,9 @@ def serve(inp=None, out=None):
     try:
         return _loop(inp, chan)
     finally:
-        deployops.release_held_locks()
+        deployops = sys.modules.get(__package__ + ".deployops")
+        if deployops is not None:  # it holds no lock if it never ran
+            deployops.release_held_locks()
         hostlock.release_all()
 
 
@@ -224,7 +246,7 @@ def _loop(inp, chan):
             chan.send({"event": "error", "type": "protocol", "message": "bad JSON request"})
             continue
         op = req.get("op")
-        fn = OPS.get(op)
+        fn = find_op(op) if isinstance(op, str) else None
         if fn is None:
             chan.send(
                 {"id": rid, "event": "error", "type": "protocol", "message": "unknown op %r" % req.get("op")}
@@ -253,6 +275,8 @@ def _loop(inp, chan):
                     hostlock.release(locked)
             chan.send({"id": rid, "event": "result", "data": data})
         except Exception as exc:  # report, keep serving
+            import traceback
+
             chan.send(
                 {
                     "id": rid,

@@ -83,15 +83,37 @@ def test_the_run_command_is_exactly():
     b = agentpkg.AgentBundle(version="0123456789abcdef", data=b"")
     assert agentpkg.run_command("python3", b) == (
         'f="${XDG_CACHE_HOME:-$HOME/.cache}/ops-agent"/agent-0123456789abcdef.pyz; '
-        'if [ -f "$f" ]; then exec python3 "$f"; '
+        'if [ -f "$f" ]; then exec python3 -S "$f"; '
         'else echo \'{"event":"need-agent"}\'; fi'
     )
+
+
+def test_the_run_command_with_a_resolved_interpreter_is_exactly():
+    b = agentpkg.AgentBundle(version="0123456789abcdef", data=b"")
+    assert agentpkg.run_command("python3", b, resolved="/opt/py 3/bin/python3") == (
+        'f="${XDG_CACHE_HOME:-$HOME/.cache}/ops-agent"/agent-0123456789abcdef.pyz; '
+        "if [ -f \"$f\" ]; then if [ -x '/opt/py 3/bin/python3' ]; then exec '/opt/py 3/bin/python3' "
+        '-S "$f"; fi; exec python3 -S "$f"; '
+        'else echo \'{"event":"need-agent"}\'; fi'
+    )
+
+
+def test_a_resolved_interpreter_that_is_gone_falls_back_to_the_configured_one(tmp_path):
+    b = agentpkg.bundle()
+    cache = tmp_path / "cache"
+    assert _sh(agentpkg.install_command(b), cache, stdin=b.data).returncode == 0
+    gone = _sh(agentpkg.run_command(sys.executable, b, resolved=str(tmp_path / "no-such-python")), cache)
+    assert gone.returncode == 0, gone.stderr
+    assert json.loads(gone.stdout.splitlines()[0])["executable"] == sys.executable
+    direct = _sh(agentpkg.run_command("no-such-python3", b, resolved=sys.executable), cache)
+    assert direct.returncode == 0, direct.stderr
+    assert json.loads(direct.stdout.splitlines()[0])["event"] == "hello"
 
 
 def test_the_run_command_quotes_the_interpreter():
     b = agentpkg.AgentBundle(version="0123456789abcdef", data=b"")
     cmd = agentpkg.run_command("/opt/my python/bin/python3; rm -rf ~", b)
-    assert "exec '/opt/my python/bin/python3; rm -rf ~' \"$f\"" in cmd
+    assert "exec '/opt/my python/bin/python3; rm -rf ~' -S \"$f\"" in cmd
 
 
 def test_the_install_command_is_exactly():
