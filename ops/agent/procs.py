@@ -80,19 +80,23 @@ class Proc(object):
     not import dataclasses, ~10 ms of its start-up). ``argv`` and ``uid`` may be given, or left
     ``None`` for a process read from /proc: then they are read on first use (``/proc/PID/cmdline``,
     ``/proc/PID/status``), so a snapshot costs one stat read per process and only the processes a
-    check looks at cost more. A lazy read is checked against the stat line (same pid, same start
-    time, read again after it): a process that ended or whose pid was reused meanwhile reads as
-    gone (state "X", argv ("[comm]",), uid -1), never as someone else's command line.
+    check looks at cost more. A process that ended before that read reads as gone (state "X",
+    argv ("[comm]",), uid -1). What a lazy read finds is acted on only once ``confirm()`` has
+    read the stat line again and found the same start time (pid reuse: another process's command
+    line or uid is never taken for this one's): ``pgrep`` confirms every match, the ownership
+    probe every marker it finds.
     """
 
     __slots__ = ("pid", "ppid", "pgid", "sid", "_uid", "state", "starttime", "start_epoch", "_argv",
-                 "_comm")
+                 "_comm", "_confirmed")
 
     def __init__(self, pid, ppid, pgid, sid, uid, state, starttime, start_epoch, argv, comm=""):
         # type: (int, int, int, int, Optional[int], str, str, float, Optional[Tuple[str, ...]], str) -> None
+        lazy = argv is None or uid is None
         for name, value in (("pid", pid), ("ppid", ppid), ("pgid", pgid), ("sid", sid), ("_uid", uid),
                             ("state", state), ("starttime", starttime), ("start_epoch", start_epoch),
-                            ("_argv", None if argv is None else tuple(argv)), ("_comm", comm)):
+                            ("_argv", None if argv is None else tuple(argv)), ("_comm", comm),
+                            ("_confirmed", None if lazy else True)):
             object.__setattr__(self, name, value)
 
     def __setattr__(self, name, value):
@@ -114,16 +118,24 @@ class Proc(object):
         names = ("pid", "ppid", "pgid", "sid", "uid", "state", "starttime", "start_epoch", "argv")
         return "Proc(%s)" % ", ".join("%s=%r" % kv for kv in zip(names, self._fields()))  # noqa: B905 (py3.8)
 
-    def _same_stat(self):
-        """The stat line still names this process (pid and start time): a lazy read was its own."""
-        try:
-            fields = _read_text("/proc/%d/stat" % self.pid).rpartition(")")[2].split()
-            return len(fields) >= 20 and fields[19] == self.starttime
-        except OSError:
-            return False
+    def confirm(self):
+        # type: () -> bool
+        """True when what was read about this process after its stat line is its own: its stat
+        line, read again now, has the same start time. Always True for a process given whole."""
+        if self._confirmed is None:
+            try:
+                fields = _read_text("/proc/%d/stat" % self.pid).rpartition(")")[2].split()
+                same = len(fields) >= 20 and fields[19] == self.starttime
+            except OSError:
+                same = False
+            if not same:
+                object.__setattr__(self, "state", "X")
+            object.__setattr__(self, "_confirmed", same)
+        return self._confirmed
 
     def _gone(self):
         object.__setattr__(self, "state", "X")
+        object.__setattr__(self, "_confirmed", False)
 
     @property
     def argv(self):
@@ -135,8 +147,6 @@ class Proc(object):
             except PermissionError:  # hidepid; the stat line still identifies it
                 argv = ()
             except OSError:  # gone
-                argv = None
-            if argv is None or (argv and not self._same_stat()):
                 self._gone()
                 argv = ()
             object.__setattr__(self, "_argv", argv or ("[%s]" % self._comm,))
@@ -148,8 +158,6 @@ class Proc(object):
         if self._uid is None:
             try:
                 uid = _uid_of(self.pid)
-                if not self._same_stat():
-                    raise OSError("pid reused")
             except OSError:
                 self._gone()
                 uid = -1
@@ -445,7 +453,11 @@ def _proc_read(pid: int, btime: float, clk_tck: int) -> Optional[Proc]:
     when first used (Proc)."""
     try:
         stat = _read_text("/proc/%d/stat" % pid)
-        return parse_stat(stat, argv=None, uid=None, btime=btime, clk_tck=clk_tck)
+        # The owner of /proc/PID is the effective uid of a dumpable process, and root for a
+        # non-dumpable one (proc(5)): any owner but root is the euid itself (one stat call);
+        # root may stand for another user, so then /proc/PID/status is read when the uid is used.
+        owner = os.stat("/proc/%d" % pid).st_uid
+        return parse_stat(stat, argv=None, uid=owner or None, btime=btime, clk_tck=clk_tck)
     except (OSError, ValueError):  # FileNotFoundError / ProcessLookupError: gone mid-read
         return None
 
@@ -613,6 +625,7 @@ def pgrep(table: Dict[int, Proc], pattern: str, exclude: Optional[Set[int]] = No
         and proc.alive
         and not _is_kernel_thread(proc)
         and regex.search(proc.cmdline)
+        and proc.confirm()  # the command line read was this process's (see Proc)
     ]
 
 

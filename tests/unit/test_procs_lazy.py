@@ -62,19 +62,59 @@ def test_a_process_that_ended_before_its_argv_was_read_reads_as_gone():
     assert procs.pgrep({proc.pid: proc}, "lazy-marker", exclude=set()) == []
 
 
-def test_a_reused_pid_never_lends_its_command_line_or_uid():
-    """Same pid, another start time (what a reused pid looks like): the lazy read is refused."""
-    text = _stat(os.getpid())
-    head, _, tail = text.rpartition(")")
+def _reused(pid: int) -> procs.Proc:
+    """The stat line of ``pid`` with another start time: what a reused pid looks like."""
+    head, _, tail = _stat(pid).rpartition(")")
     fields = tail.split()
     fields[19] = str(int(fields[19]) + 1)
-    other = procs.parse_stat(head + ") " + " ".join(fields), argv=None, uid=None)
-    assert other.argv[0].startswith("[") and not other.alive
-    other2 = procs.parse_stat(head + ") " + " ".join(fields), argv=None, uid=None)
-    assert other2.uid == -1 and not other2.alive
+    return procs.parse_stat(head + ") " + " ".join(fields), argv=None, uid=None)
+
+
+def test_a_reused_pid_never_lends_its_command_line_to_a_match():
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()", "lazy-marker"],
+                             stdin=subprocess.PIPE)
+    try:
+        same = procs.parse_stat(_stat(child.pid), argv=None, uid=None)
+        assert procs.pgrep({child.pid: same}, "lazy-marker", exclude=set()) == [same]  # healthy twin
+        other = _reused(child.pid)
+        assert procs.pgrep({child.pid: other}, "lazy-marker", exclude=set()) == []
+        assert not other.alive and not other.confirm()
+    finally:
+        child.communicate(b"", timeout=30)
+
+
+def test_a_marker_read_from_a_reused_pid_is_not_taken():
+    from ops.agent import ownership
+
+    env = dict(os.environ, OPS_OWNER="/state#svc#1")
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE,
+                             env=env)
+    try:
+        same = procs.parse_stat(_stat(child.pid), argv=None, uid=None)
+        assert ownership.Probe().marker(same) == ("/state", "svc", "1")  # healthy twin
+        assert ownership.Probe().marker(_reused(child.pid)) is None
+    finally:
+        child.communicate(b"", timeout=30)
 
 
 def test_a_proc_is_immutable():
     p = procs.Proc(1, 0, 1, 1, 0, "S", "1", 0.0, ("init",))
     with pytest.raises(AttributeError):
         p.pid = 2  # type: ignore[misc]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to start a process as another user")
+def test_another_users_process_gets_its_uid_from_the_proc_dir_owner_without_reading_status(monkeypatch):
+    child = subprocess.Popen(["sleep", "60"], user=65534)
+    try:
+        opened: list[str] = []
+        real = procs._read_bytes
+        monkeypatch.setattr(procs, "_read_bytes", lambda path: opened.append(path) or real(path))
+        proc = procs._proc_read(child.pid, 0.0, 100)
+        assert proc is not None and proc.uid == 65534
+        assert opened == [f"/proc/{child.pid}/stat"]
+        with open(f"/proc/{child.pid}/status") as f:
+            assert procs.parse_status_uid(f.read()) == 65534  # what the status read would say
+    finally:
+        child.kill()
+        child.wait(30)
