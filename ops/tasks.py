@@ -53,16 +53,28 @@ def errors_to_exit(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from ops import fastexit
         from ops.errors import OpsError
-        from ops.report import Reporter
 
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
         except OpsError as exc:
+            from ops.report import Reporter
+
             Reporter().error(exc)
+            fastexit.done(exc.exit_code)
             raise Exit(code=exc.exit_code) from None
         except KeyboardInterrupt:
+            fastexit.done(130)
             raise Exit("interrupted", code=130) from None
+        except Exit as exc:
+            fastexit.done(exc.code if isinstance(exc.code, int) else 1)
+            raise
+        except BaseException:
+            fastexit.cancel()  # a bug: Python reports it the usual way
+            raise
+        fastexit.done(0)
+        return result
 
     return wrapper
 
