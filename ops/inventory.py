@@ -184,6 +184,8 @@ class Inventory:
     ssh_config: str | None = None
     known_hosts: str | None = None
     preflight: Preflight = field(default_factory=lambda: Preflight())  # [preflight], parsed below
+    persist: float = 0.0  # [ssh] persist: seconds a host's connection and agent are held after a task
+    transport: str = "paramiko"  # [ssh] transport: "paramiko" or "openssh" (the system ssh binary)
 
     def host(self, name: str) -> Host:
         return self.hosts[name]
@@ -241,6 +243,8 @@ TOP_KEYS: dict[str, Checker] = {
     "preflight": _is_table,
 }
 SSH_KEYS: dict[str, Checker] = {"config": _is_str, "known_hosts": _is_str}
+SSH_KEYS.update(persist=_is_num, transport=_is_str)  # the warm path (ops/persist.py), issue 18
+SSH_TRANSPORTS = ("paramiko", "openssh")
 DEFAULT_KEYS: dict[str, Checker] = {
     "ready_timeout": _is_num,
     "stop_timeout": _is_num,
@@ -403,6 +407,11 @@ def parse(data: Mapping[str, Any], path: str, base_dir: Path | None = None) -> I
 
     ssh = dict(data.get("ssh", {}))
     ctx.check_table("ssh", ssh, SSH_KEYS)
+    if ssh.get("persist", 0) < 0:
+        raise ctx.fail("ssh", f"key 'persist' must be 0 (off) or a number of seconds, got {ssh['persist']}")
+    if ssh.get("transport", "paramiko") not in SSH_TRANSPORTS:
+        raise ctx.fail("ssh", f"key 'transport' must be one of {', '.join(map(repr, SSH_TRANSPORTS))}, "
+                              f"got {ssh['transport']!r}")
     defaults = dict(data.get("defaults", {}))
     ctx.check_table("defaults", defaults, DEFAULT_KEYS)
     _check_timeouts(ctx, "defaults", defaults, tuple(k for k in DEFAULT_KEYS if k.endswith("_timeout")))
@@ -453,6 +462,8 @@ def parse(data: Mapping[str, Any], path: str, base_dir: Path | None = None) -> I
         ssh_config=_expand_local(ssh["config"], base) if "config" in ssh else None,
         known_hosts=_expand_local(ssh["known_hosts"], base) if "known_hosts" in ssh else None,
         preflight=preflight,
+        persist=float(ssh.get("persist", 0)),
+        transport=ssh.get("transport", "paramiko"),
     )
 
 

@@ -33,6 +33,11 @@ class HostSession:
         self.lock_wait = 0.0
 
     def open(self) -> HostSession:
+        from ops import persist  # the warm path: a connection and agent held since the last task
+
+        held = persist.attach(self.inventory, self.host)
+        if held is not None:
+            self.transport = self.agent.transport = held
         self.transport.open()
         self.agent.start()
         return self
@@ -42,6 +47,10 @@ class HostSession:
             self.agent.close()
         finally:
             self.transport.close()
+        if self.agent.hello and not getattr(self.transport, "held", False):
+            from ops import persist
+
+            persist.hand_over(self.inventory, self.host)  # no-op unless [ssh] persist is set
 
     def call(
         self,

@@ -50,6 +50,14 @@ def op_ping(args, emit):
     return {"pong": True, "time": time.time()}
 
 
+def op_held_locks(args, emit):
+    """The locks this agent holds now (deploy locks, the host operation lock). A held agent
+    (ops/persist.py) that still holds one when its client is gone is closed, never kept."""
+    deployops = sys.modules.get(__package__ + ".deployops")
+    return {"deploy": list(deployops._held_locks) if deployops is not None else [],
+            "host": sorted(hostlock._held)}
+
+
 def op_status(args, emit):
     from .lifecycle import Lifecycle
 
@@ -165,6 +173,7 @@ def op_exec(args, emit):
 
 OPS = {
     "ping": op_ping,
+    "held_locks": op_held_locks,
     "status": op_status,
     "start": op_start,
     "stop": op_stop,
