@@ -453,11 +453,12 @@ def _proc_read(pid: int, btime: float, clk_tck: int) -> Optional[Proc]:
     when first used (Proc)."""
     try:
         stat = _read_text("/proc/%d/stat" % pid)
-        # The owner of /proc/PID is the effective uid of a dumpable process, and root for a
-        # non-dumpable one (proc(5)): any owner but root is the euid itself (one stat call);
-        # root may stand for another user, so then /proc/PID/status is read when the uid is used.
+        # The owner of the /proc/PID directory is the process's effective uid, dumpable or not
+        # (the kernel exempts these 0555 directories from the "non-dumpable: owned by root" rule,
+        # kept so that stat() tells the euid: fs/proc/base.c); one stat() instead of reading
+        # /proc/PID/status. Files inside (status, environ) do turn root-owned: never used here.
         owner = os.stat("/proc/%d" % pid).st_uid
-        return parse_stat(stat, argv=None, uid=owner or None, btime=btime, clk_tck=clk_tck)
+        return parse_stat(stat, argv=None, uid=owner, btime=btime, clk_tck=clk_tck)
     except (OSError, ValueError):  # FileNotFoundError / ProcessLookupError: gone mid-read
         return None
 

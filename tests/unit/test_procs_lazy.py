@@ -33,9 +33,8 @@ def test_a_snapshot_reads_only_stat_lines_until_argv_or_uid_is_asked(monkeypatch
     assert me.argv == expected
     assert me.cmdline == " ".join(me.argv)
     assert any(p.endswith("/cmdline") for p in opened)
-    assert not any(p.endswith("/status") for p in opened)
     assert me.uid == os.geteuid()
-    assert any(p.endswith("/status") for p in opened)
+    assert not any(p.endswith("/status") for p in opened)  # the uid came with the snapshot
 
 
 def test_a_lazily_read_process_is_the_same_as_an_eagerly_read_one():
@@ -103,10 +102,23 @@ def test_a_proc_is_immutable():
         p.pid = 2  # type: ignore[misc]
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to start a process as another user")
-def test_another_users_process_gets_its_uid_from_the_proc_dir_owner_without_reading_status(monkeypatch):
-    child = subprocess.Popen(["sleep", "60"], user=65534)
+UNDUMP = "ctypes.CDLL(None).prctl(4, 0, 0, 0, 0); "  # PR_SET_DUMPABLE 0
+NON_DUMPABLE = "import ctypes, sys; " + UNDUMP + "print('ready', flush=True); sys.stdin.read()"
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.access("/usr/bin/python3", os.X_OK),
+                    reason="needs root (to start a process as another user) and /usr/bin/python3")
+@pytest.mark.parametrize("dumpable", [True, False])
+def test_a_process_uid_comes_from_its_proc_dir_owner_without_reading_status(monkeypatch, dumpable):
+    """Another user's process, dumpable or not (a non-dumpable one's status file is root's): the
+    uid from the snapshot is its effective uid, as /proc/PID/status says, with one stat line read."""
+    code = NON_DUMPABLE if not dumpable else NON_DUMPABLE.replace(UNDUMP, "")
+    child = subprocess.Popen(["/usr/bin/python3", "-c", code], user=65534, stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, cwd="/")
     try:
+        assert child.stdout is not None and child.stdout.readline() == b"ready\n"
+        if not dumpable:
+            assert os.stat(f"/proc/{child.pid}/status").st_uid == 0  # what makes this case hard
         opened: list[str] = []
         real = procs._read_bytes
         monkeypatch.setattr(procs, "_read_bytes", lambda path: opened.append(path) or real(path))
@@ -114,7 +126,7 @@ def test_another_users_process_gets_its_uid_from_the_proc_dir_owner_without_read
         assert proc is not None and proc.uid == 65534
         assert opened == [f"/proc/{child.pid}/stat"]
         with open(f"/proc/{child.pid}/status") as f:
-            assert procs.parse_status_uid(f.read()) == 65534  # what the status read would say
+            assert procs.parse_status_uid(f.read()) == 65534
     finally:
         child.kill()
         child.wait(30)
