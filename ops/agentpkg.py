@@ -166,10 +166,13 @@ def run_command(python: str, b: AgentBundle, resolved: str | None = None) -> str
     site-packages: ~25 ms of a ~45 ms start here). ``resolved``: the interpreter ``python``
     resolved to last time (ops/hostcache.py), exec'd directly when it is still executable."""
     f = f"{REMOTE_DIR}/{b.filename}"
-    run = f'exec {shlex.quote(python)} -S "$f"'
+    # the login shell's environment, for the agent to measure what `python` (a shim?) changes in
+    # it (ops/agent/loginenv.py): the client replays that when it execs the resolved path
+    login = "OPS_LOGIN_ENV=$(env -0 2>/dev/null | od -An -vtx1 | tr -d ' \\n')"
+    run = f'{login} exec {shlex.quote(python)} -S "$f"'
     if resolved:
         q = shlex.quote(resolved)
-        run = f'if [ -x {q} ]; then exec {q} -S "$f"; fi; {run}'
+        run = f'if [ -x {q} ]; then OPS_ENV_STDIN=1 exec {q} -S "$f"; fi; {run}'
     return f'f={f}; if [ -f "$f" ]; then {run}; else echo \'{NEED_AGENT}\'; fi'
 
 

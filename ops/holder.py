@@ -229,7 +229,9 @@ class Holder:
                 while b"\n" in pending:
                     line, _, pending = pending.partition(b"\n")
                     with contextlib.suppress(ValueError, AttributeError):
-                        outstanding.add(json.loads(line).get("id"))
+                        req = json.loads(line)
+                        if "op" in req:  # a request: it must be answered before the agent is kept
+                            outstanding.add(req.get("id"))
                     ch.send(line + b"\n")
             if b"\n" in ch._buf or ch._fileno() in r:
                 line = ch.read_line(time.monotonic() + 60.0)

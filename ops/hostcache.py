@@ -1,7 +1,9 @@
 """Facts about a host that this client remembers between runs, in its local cache directory.
 
 Today one fact: the interpreter the host's ``python`` resolved to (the agent's ``sys.executable``,
-reported in its hello). Exec'ing that path directly skips whatever stands in front of it, such as
+reported in its hello) and what the way there changed in the environment (``env``: pyenv's shim
+prepends PATH, sets PYENV_VERSION..., see ops/agent/loginenv.py), replayed by the agent when it is
+started directly. Exec'ing that path directly skips whatever stands in front of it, such as
 pyenv's shim (a bash script that runs ``pyenv exec``: ~100 ms and ~70 ms of CPU per start). The
 run command still checks the path is executable and falls back to the configured ``python``
 otherwise, and a start that fails with the remembered path forgets it and starts again the
@@ -45,7 +47,9 @@ def remember(k: str, **facts: Any) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = path.with_name(f".tmp.{os.getpid()}.{path.name}")
-        tmp.write_text(json.dumps({**load(k), **facts, "key": k}))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # the host's environment
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps({**load(k), **facts, "key": k}))
         os.replace(tmp, path)
     except OSError:
         pass  # a cache we cannot write only costs the shim next time

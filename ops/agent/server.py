@@ -217,9 +217,13 @@ def serve(inp=None, out=None):
     # The SSH session may go away mid-phase: finish the work, then exit at EOF.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    from . import loginenv
+
+    env_delta = loginenv.at_start(inp)  # a wrapper's environment, replayed or measured (loginenv.py)
     chan.send(
         {
             "event": "hello",
+            "env_delta": env_delta,
             "version": VERSION,
             "pid": os.getpid(),
             "python": "%d.%d.%d" % sys.version_info[:3],
@@ -251,6 +255,8 @@ def _loop(inp, chan):
             if not isinstance(req, dict):
                 raise ValueError("not an object")
             rid = req.get("id")
+            if "env" in req and "op" not in req:
+                continue  # an environment for a directly started agent, read by another: ignore
         except ValueError:
             chan.send({"event": "error", "type": "protocol", "message": "bad JSON request"})
             continue

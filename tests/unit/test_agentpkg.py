@@ -83,17 +83,21 @@ def test_the_run_command_is_exactly():
     b = agentpkg.AgentBundle(version="0123456789abcdef", data=b"")
     assert agentpkg.run_command("python3", b) == (
         'f="${XDG_CACHE_HOME:-$HOME/.cache}/ops-agent"/agent-0123456789abcdef.pyz; '
-        'if [ -f "$f" ]; then exec python3 -S "$f"; '
+        'if [ -f "$f" ]; then ' + LOGIN + 'exec python3 -S "$f"; '
         'else echo \'{"event":"need-agent"}\'; fi'
     )
+
+
+LOGIN = "OPS_LOGIN_ENV=$(env -0 2>/dev/null | od -An -vtx1 | tr -d ' \\n') "
 
 
 def test_the_run_command_with_a_resolved_interpreter_is_exactly():
     b = agentpkg.AgentBundle(version="0123456789abcdef", data=b"")
     assert agentpkg.run_command("python3", b, resolved="/opt/py 3/bin/python3") == (
         'f="${XDG_CACHE_HOME:-$HOME/.cache}/ops-agent"/agent-0123456789abcdef.pyz; '
-        "if [ -f \"$f\" ]; then if [ -x '/opt/py 3/bin/python3' ]; then exec '/opt/py 3/bin/python3' "
-        '-S "$f"; fi; exec python3 -S "$f"; '
+        "if [ -f \"$f\" ]; then if [ -x '/opt/py 3/bin/python3' ]; then OPS_ENV_STDIN=1 exec "
+        "'/opt/py 3/bin/python3' "
+        '-S "$f"; fi; ' + LOGIN + 'exec python3 -S "$f"; '
         'else echo \'{"event":"need-agent"}\'; fi'
     )
 
