@@ -107,17 +107,17 @@ def _connect(path: Path, timeout: float) -> socket.socket | None:
 
 
 def _read_line(s: socket.socket, limit: int = 1 << 20) -> bytes | None:
+    """One line, read byte by byte past the first chunk boundary: nothing after it is consumed
+    (the holder relays the agent's lines right after its answer)."""
     buf = b""
-    while b"\n" not in buf:
-        chunk = s.recv(65536)
+    while not buf.endswith(b"\n"):
+        chunk = s.recv(1)
         if not chunk:
             return None
         buf += chunk
         if len(buf) > limit:
             return None
-    line, _, rest = buf.partition(b"\n")
-    assert not rest, "the holder speaks only after a request"
-    return line
+    return buf[:-1]
 
 
 def request(path: Path, message: dict[str, Any], timeout: float = ATTACH_TIMEOUT

@@ -37,9 +37,16 @@ def test_a_snapshot_reads_only_stat_lines_until_argv_or_uid_is_asked(monkeypatch
     assert not any(p.endswith("/status") for p in opened)  # the uid came with the snapshot
 
 
+def _started(*extra: str, **kwargs) -> subprocess.Popen:
+    """A child python, once it runs its own code (its command line is in place: exec is done)."""
+    child = subprocess.Popen([sys.executable, "-c", "import sys; print('up', flush=True); sys.stdin.read()",
+                              *extra], stdin=subprocess.PIPE, stdout=subprocess.PIPE, **kwargs)
+    assert child.stdout is not None and child.stdout.readline() == b"up\n"
+    return child
+
+
 def test_a_lazily_read_process_is_the_same_as_an_eagerly_read_one():
-    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()", "lazy-marker"],
-                             stdin=subprocess.PIPE)
+    child = _started("lazy-marker")
     try:
         lazy = procs.parse_stat(_stat(child.pid), argv=None, uid=None)
         with open(f"/proc/{child.pid}/cmdline", "rb") as f:
@@ -52,8 +59,7 @@ def test_a_lazily_read_process_is_the_same_as_an_eagerly_read_one():
 
 
 def test_a_process_that_ended_before_its_argv_was_read_reads_as_gone():
-    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()", "lazy-marker"],
-                             stdin=subprocess.PIPE)
+    child = _started("lazy-marker")
     proc = procs.parse_stat(_stat(child.pid), argv=None, uid=None)
     child.communicate(b"", timeout=30)  # ended and reaped: its /proc entry is gone
     assert proc.argv[0].startswith("[") and proc.argv[0].endswith("]")
@@ -70,8 +76,7 @@ def _reused(pid: int) -> procs.Proc:
 
 
 def test_a_reused_pid_never_lends_its_command_line_to_a_match():
-    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()", "lazy-marker"],
-                             stdin=subprocess.PIPE)
+    child = _started("lazy-marker")
     try:
         same = procs.parse_stat(_stat(child.pid), argv=None, uid=None)
         assert procs.pgrep({child.pid: same}, "lazy-marker", exclude=set()) == [same]  # healthy twin
@@ -85,9 +90,7 @@ def test_a_reused_pid_never_lends_its_command_line_to_a_match():
 def test_a_marker_read_from_a_reused_pid_is_not_taken():
     from ops.agent import ownership
 
-    env = dict(os.environ, OPS_OWNER="/state#svc#1")
-    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE,
-                             env=env)
+    child = _started(env=dict(os.environ, OPS_OWNER="/state#svc#1"))
     try:
         same = procs.parse_stat(_stat(child.pid), argv=None, uid=None)
         assert ownership.Probe().marker(same) == ("/state", "svc", "1")  # healthy twin
