@@ -1,14 +1,19 @@
 """Local git facts for pre-flight: pure argv builders and output parsers, plus a thin runner.
 
-Everything here reads the LOCAL checkout (no fetch, no network): the base ref (e.g. ``origin/main``)
-is what the last ``git fetch`` brought. The argv builders and parsers are pure and tested by exact
-output; ``Git`` only runs them (bounded by a timeout, in the C locale, never prompting).
+Everything here reads the LOCAL checkout, except ``fetch`` (the base's remote, before the checks)
+and ``ls_remote`` (is the branch pushed, for ``inv pr``). The argv builders and parsers are pure and
+tested by exact output; ``Git`` only runs them (bounded by a timeout, in the C locale, never
+prompting; network commands in their own session, so an ssh password prompt cannot reach a tty).
+
+The same facts about a HOST's checkout (commit + clean tree) come from ``host_state_script``, run by
+the agent there, and ``parse_host_state``.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -119,6 +124,51 @@ def object_type_args(rev: str) -> list[str]:
     return ["cat-file", "-t", "--end-of-options", rev]
 
 
+def remotes_args() -> list[str]:
+    return ["remote"]
+
+
+def fetch_args(remote: str, branch: str) -> list[str]:
+    """Fetch one branch of a remote into its remote-tracking ref (forced, as git's default refspec:
+    a rewritten base must be seen as rewritten, not refused)."""
+    return [
+        "fetch",
+        "--quiet",
+        "--no-tags",
+        "--no-recurse-submodules",
+        remote,
+        f"+refs/heads/{branch}:refs/remotes/{remote}/{branch}",
+    ]
+
+
+def ref_time_args(ref: str) -> list[str]:
+    """The time of the ref's last update, from its reflog: prints 'REF@{UNIXTIME}'."""
+    return ["log", "-g", "-1", "--date=unix", "--format=%gd", "--end-of-options", ref]
+
+
+def changed_files_args(merge_base: str, head: str = "HEAD") -> list[str]:
+    """Every path the PR's diff touches (a rename is its old and its new path), NUL-separated."""
+    return [
+        "diff", "--name-only", "-z", "--no-renames", "--no-ext-diff", "--end-of-options", merge_base, head
+    ]
+
+
+def ls_remote_args(remote: str, branch: str) -> list[str]:
+    return ["ls-remote", "--heads", remote, f"refs/heads/{branch}"]
+
+
+def host_state_script() -> str:
+    """For the agent's exec on a host, in its checkout: the HEAD commit on the first line, then
+    ``git status`` (untracked files included, NUL-separated). GIT_OPTIONAL_LOCKS=0: reading the
+    state never rewrites the host's index."""
+    head = shlex.join(["git", "rev-parse", "--verify", "HEAD"])
+    status = shlex.join(["git", "-c", "core.quotepath=off", *status_args()])
+    return f"{head} && {status}"
+
+
+HOST_GIT_ENV = {"LC_ALL": "C", "GIT_OPTIONAL_LOCKS": "0", "GIT_TERMINAL_PROMPT": "0"}
+
+
 # --- parsers (pure) -----------------------------------------------------------------------------
 
 
@@ -141,6 +191,106 @@ def parse_commits(text: str) -> list[Commit]:
             raise ValueError(f"unexpected git log line: {line!r}")
         out.append(Commit(sha=parts[0], short=parts[1], subject=parts[2]))
     return out
+
+
+def parse_remotes(text: str) -> list[str]:
+    return [ln.strip() for ln in text.splitlines() if ln.strip()]
+
+
+def split_remote_ref(ref: str, remotes: Sequence[str]) -> tuple[str, str] | None:
+    """'origin/main' -> ('origin', 'main') when 'origin' is a configured remote; None for a local
+    branch, a tag or a commit id (nothing to fetch). The longest matching remote name wins."""
+    name = ref[len("refs/remotes/") :] if ref.startswith("refs/remotes/") else ref
+    for remote in sorted(remotes, key=len, reverse=True):
+        if name.startswith(remote + "/") and len(name) > len(remote) + 1:
+            return remote, name[len(remote) + 1 :]
+    return None
+
+
+_REFLOG_TIME = re.compile(r"@\{(\d+)\}\s*$")
+
+
+def parse_ref_time(text: str) -> int | None:
+    """'refs/remotes/origin/main@{1714979289}' -> 1714979289; None without a reflog entry."""
+    m = _REFLOG_TIME.search(text.strip())
+    return int(m.group(1)) if m else None
+
+
+def parse_names(text: str) -> list[str]:
+    """NUL-separated paths -> list, in git's order."""
+    return [p for p in text.split("\0") if p]
+
+
+def parse_ls_remote(text: str) -> str | None:
+    """The sha of the first ref ls-remote printed, or None (no such branch there)."""
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            return parts[0]
+    return None
+
+
+def is_cache(entry: str) -> bool:
+    """An untracked Python bytecode cache ('?? pkg/__pycache__/', '?? x.pyc'): written by running
+    the code (the pre-flight's own test run), purged by every deploy, never an edit."""
+    if not entry.startswith("?? "):
+        return False
+    path = entry[3:].rstrip("/")
+    return path.endswith(".pyc") or path == "__pycache__" or path.endswith("/__pycache__")
+
+
+def parse_host_state(text: str) -> tuple[str | None, list[str], list[str]]:
+    """``host_state_script`` output -> (head sha or None, dirty entries, ignored caches)."""
+    first, _, rest = text.partition("\n")
+    head = first.strip()
+    if not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", head):
+        return None, [], []
+    entries = parse_status(rest)
+    return head, [e for e in entries if not is_cache(e)], [e for e in entries if is_cache(e)]
+
+
+def glob_regex(pattern: str) -> re.Pattern[str]:
+    """A path glob, as in .gitignore-style specs: '*' and '?' stay inside one directory, '**'
+    crosses directories ('src/**' is everything under src, '**/test_*.py' at any depth),
+    '[abc]' a class. Matched against the whole repository-relative path."""
+    i, out = 0, []
+    while i < len(pattern):
+        c = pattern[i]
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif c == "*":
+            out.append("[^/]*")
+            i += 1
+        elif c == "?":
+            out.append("[^/]")
+            i += 1
+        elif c == "[":
+            end = pattern.find("]", i + 2)
+            if end < 0:
+                out.append(re.escape(c))
+                i += 1
+            else:
+                body = pattern[i + 1 : end]
+                body = "^" + body[1:] if body.startswith("!") else body
+                out.append(f"[{body.replace(chr(92), chr(92) * 2)}]")
+                i = end + 1
+        else:
+            out.append(re.escape(c))
+            i += 1
+    return re.compile("".join(out) + r"\Z")
+
+
+def match_files(globs: Sequence[str], paths: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(paths no glob matches, globs that match no path): both empty means the diff touches these
+    paths and only these."""
+    compiled = [(g, glob_regex(g)) for g in globs]
+    stray = [p for p in paths if not any(rx.match(p) for _, rx in compiled)]
+    unused = [g for g, rx in compiled if not any(rx.match(p) for p in paths)]
+    return stray, unused
 
 
 def parse_status(text: str) -> list[str]:
@@ -212,17 +362,28 @@ class Git:
         self.timeout = timeout
         self._run = runner
 
-    def run(self, args: Sequence[str], ok_codes: tuple[int, ...] | None = (0,)) -> tuple[int, str]:
-        """(exit code, stdout); a GitError unless the code is in ok_codes (None: any code)."""
+    def run(
+        self,
+        args: Sequence[str],
+        ok_codes: tuple[int, ...] | None = (0,),
+        timeout: float | None = None,
+        network: bool = False,
+    ) -> tuple[int, str]:
+        """(exit code, stdout); a GitError unless the code is in ok_codes (None: any code).
+        ``network``: in a new session (no controlling tty: ssh fails instead of prompting)."""
         argv = git_argv(self.repo, *args)
         env = dict(os.environ, LC_ALL="C", GIT_TERMINAL_PROMPT="0", GIT_OPTIONAL_LOCKS="0", GIT_PAGER="cat")
+        limit = timeout or self.timeout
+        extra = {"start_new_session": True} if network else {}
         try:
-            p = self._run(argv, capture_output=True, stdin=subprocess.DEVNULL, env=env, timeout=self.timeout)
+            p = self._run(
+                argv, capture_output=True, stdin=subprocess.DEVNULL, env=env, timeout=limit, **extra
+            )
         except FileNotFoundError:
             raise GitError("git is not installed (no `git` on PATH)", "install git") from None
         except subprocess.TimeoutExpired:
             raise GitError(
-                f"`git {' '.join(args)}` in {self.repo} took longer than {self.timeout:.0f}s"
+                f"`git {' '.join(args)}` in {self.repo} took longer than {limit:.0f}s"
             ) from None
         out = p.stdout.decode("utf-8", "replace")
         if ok_codes is not None and p.returncode not in ok_codes:
@@ -268,3 +429,41 @@ class Git:
         """True if the object database knows a commit by this (short) id."""
         code, out = self.run(object_type_args(rev), ok_codes=(0, 1, 128))
         return code == 0 and out.strip() == "commit"
+
+    def remotes(self) -> list[str]:
+        return parse_remotes(self.out(remotes_args()))
+
+    def fetch(self, remote: str, branch: str, timeout: float) -> None:
+        self.run(fetch_args(remote, branch), timeout=timeout, network=True)
+
+    def ref_time(self, ref: str) -> int | None:
+        """When the ref was last updated here (its reflog), or None if unknown."""
+        code, out = self.run(ref_time_args(ref), ok_codes=None)
+        return parse_ref_time(out) if code == 0 else None
+
+    def last_sync(self, remote: str, branch: str) -> int | None:
+        """When this repository last heard from ``remote`` about the base, as a unix time: the latest
+        of the tracking ref's reflog (an update), FETCH_HEAD's mtime (the last fetch, even one that
+        changed nothing) and the remote's HEAD reflog (the clone). None if none exists."""
+        times = [
+            self.ref_time(f"refs/remotes/{remote}/{branch}"),
+            self.ref_time(f"refs/remotes/{remote}/HEAD"),
+        ]
+        code, out = self.run(["rev-parse", "--git-path", "FETCH_HEAD"], ok_codes=None)
+        if code == 0 and out.strip():
+            path = os.path.join(self.repo, out.strip())
+            try:
+                times.append(int(os.path.getmtime(path)))
+            except OSError:
+                pass
+        known = [t for t in times if t is not None]
+        return max(known) if known else None
+
+    def changed_files(self, merge_base: str, head: str = "HEAD") -> list[str]:
+        return parse_names(self.out(changed_files_args(merge_base, head)))
+
+    def ls_remote(self, remote: str, branch: str, timeout: float) -> str | None:
+        return parse_ls_remote(self.out_net(ls_remote_args(remote, branch), timeout))
+
+    def out_net(self, args: Sequence[str], timeout: float) -> str:
+        return self.run(args, timeout=timeout, network=True)[1]

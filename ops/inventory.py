@@ -498,9 +498,15 @@ class Preflight:
     max_files: int | None = None
     max_insertions: int | None = None
     max_deletions: int | None = None
-    same_head: bool = False  # remote checkouts must be at the local HEAD
+    same_head: bool = False  # remote checkouts must be at the local HEAD, with a clean tree
     health: tuple[str, ...] = ()  # host names (or groups) whose services must be healthy
     tests: tuple[PreflightTest, ...] = ()
+    fetch: bool = True  # fetch the base's remote before the checks (--no-fetch)
+    min_files: int | None = None  # an empty or tiny diff on a branch that should carry work
+    min_insertions: int | None = None
+    min_deletions: int | None = None
+    expect_files: tuple[str, ...] = ()  # globs: the diff touches these paths and only these
+    body: str | None = None  # `inv pr`'s body template, relative to the checked repository
 
 
 PREFLIGHT_KEYS: dict[str, Checker] = {
@@ -516,6 +522,12 @@ PREFLIGHT_KEYS: dict[str, Checker] = {
     "same_head": _is_bool,
     "health": _is_str_list,
     "tests": lambda v: isinstance(v, list),
+    "fetch": _is_bool,
+    "min_files": _is_int,
+    "min_insertions": _is_int,
+    "min_deletions": _is_int,
+    "expect_files": _is_str_list,
+    "body": _is_str,
 }
 PREFLIGHT_TEST_KEYS: dict[str, Checker] = {
     "host": _is_str,
@@ -553,9 +565,21 @@ def _build_preflight(
             raise fail(key, f"must be {kind}, got {_describe(value)}")
     if "base" in table and not table["base"].strip():
         raise fail("base", "must not be empty", 'e.g. base = "origin/main"')
-    for key in ("commits", "max_files", "max_insertions", "max_deletions"):
+    for key in ("commits", "max_files", "max_insertions", "max_deletions", "min_files", "min_insertions",
+                "min_deletions"):
         if key in table and table[key] < 0:
             raise fail(key, f"must be 0 or more, got {table[key]}")
+    for what in ("files", "insertions", "deletions"):
+        lo, hi = table.get(f"min_{what}"), table.get(f"max_{what}")
+        if lo is not None and hi is not None and lo > hi:
+            raise fail(f"min_{what}", f"is {lo}, more than max_{what} = {hi}: no diff can pass",
+                       "lower the minimum or raise the maximum")
+    for pattern in table.get("expect_files", []):
+        if not pattern.strip() or pattern.startswith("/"):
+            raise fail("expect_files", f"{pattern!r} is not a path glob relative to the repository",
+                       'e.g. expect_files = ["src/app/**", "tests/test_app.py", "README.md"]')
+    if "body" in table and not table["body"].strip():
+        raise fail("body", "must not be empty", 'e.g. body = "docs/pr-template.md" (in the repository)')
     ids = list(table.get("expect_commits", []))
     for cid in ids:
         if not _COMMIT_ID_RE.match(cid):
@@ -639,6 +663,12 @@ def _build_preflight(
         same_head=table.get("same_head", False),
         health=tuple(health),
         tests=tuple(tests),
+        fetch=table.get("fetch", True),
+        min_files=table.get("min_files"),
+        min_insertions=table.get("min_insertions"),
+        min_deletions=table.get("min_deletions"),
+        expect_files=tuple(table.get("expect_files", [])),
+        body=table["body"].strip() if "body" in table else None,
     )
 
 

@@ -22,21 +22,37 @@ errors), so CI can tell "red" from "could not look".
 from __future__ import annotations
 
 import posixpath
+import re
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
 from ops import control, testcount
 from ops.errors import OpsError, UsageError
-from ops.gitinfo import DiffStat, Git, GitError, is_commit_id, match_expected
-from ops.inventory import Inventory, PreflightTest, resolve_hosts
+from ops.gitinfo import (
+    HOST_GIT_ENV,
+    DiffStat,
+    Git,
+    GitError,
+    host_state_script,
+    is_commit_id,
+    match_expected,
+    match_files,
+    parse_host_state,
+    split_remote_ref,
+)
+from ops.inventory import Host, Inventory, PreflightTest, resolve_hosts
 from ops.session import HostSession, connect
 
 EXEC_MARGIN = 30.0  # s on top of a test's own timeout for the agent call
 HEAD_TIMEOUT = 30.0
+FETCH_TIMEOUT = 60.0  # s for `git fetch` of the base
 OUTPUT_TAIL = 20  # lines of a failed test run's output kept for the report
+OUTPUT_LINE = 500  # characters of each of those lines
 MAX_LISTED = 5  # dirty files / unexpected commits named in a detail
 
 PASS, FAIL, SKIP = "pass", "fail", "skip"
@@ -59,6 +75,17 @@ class Settings:
     same_head: bool = False
     health: tuple[str, ...] = ()  # host names
     tests: tuple[PreflightTest, ...] = ()
+    fetch: bool = True
+    min_files: int | None = None
+    min_insertions: int | None = None
+    min_deletions: int | None = None
+    expect_files: tuple[str, ...] = ()
+    body: str | None = None
+
+    @property
+    def hosts(self) -> list[str]:
+        """The hosts the remote checks run on, in declaration order."""
+        return list(dict.fromkeys([*self.health, *(t.host for t in self.tests)]))
 
 
 def _split(values: str | None) -> list[str]:
@@ -74,6 +101,7 @@ def settings(
     expect: str | None = None,
     host: str | None = None,
     cwd: str = ".",
+    fetch: bool | None = None,
 ) -> Settings:
     """The inventory's [preflight] with the command-line flags applied.
 
@@ -123,6 +151,12 @@ def settings(
         same_head=cfg.same_head,
         health=health,
         tests=tests,
+        fetch=cfg.fetch if fetch is None else fetch,
+        min_files=cfg.min_files,
+        min_insertions=cfg.min_insertions,
+        min_deletions=cfg.min_deletions,
+        expect_files=cfg.expect_files,
+        body=cfg.body,
     )
 
 
@@ -132,7 +166,7 @@ def settings(
 @dataclass(frozen=True)
 class CheckSpec:
     name: str
-    kind: str  # git.base | git.commits | git.clean | git.diff | head | health | tests
+    kind: str  # git.fetch | git.base | git.commits | git.clean | git.diff | git.files | head | health | tests
     host: str | None = None
     service: str | None = None
     test: PreflightTest | None = None
@@ -144,12 +178,18 @@ def label_of(t: PreflightTest) -> str:
 
 def plan(s: Settings, inv: Inventory) -> list[CheckSpec]:
     """Local git checks first (cheap), then per host: checkout, health; then the test runs."""
-    checks = [CheckSpec("git: base", "git.base"), CheckSpec("git: commits", "git.commits")]
+    checks = [
+        CheckSpec("git: fetch", "git.fetch"),
+        CheckSpec("git: base", "git.base"),
+        CheckSpec("git: commits", "git.commits"),
+    ]
     if s.clean:
         checks.append(CheckSpec("git: clean", "git.clean"))
     checks.append(CheckSpec("git: diff", "git.diff"))
+    if s.expect_files:
+        checks.append(CheckSpec("git: files", "git.files"))
     if s.same_head:
-        for h in dict.fromkeys([*s.health, *(t.host for t in s.tests)]):
+        for h in s.hosts:
             checks.append(CheckSpec(f"{h}: checkout", "head", host=h))
     for h in s.health:
         for svc in inv.host(h).services:
@@ -161,6 +201,12 @@ def plan(s: Settings, inv: Inventory) -> list[CheckSpec]:
 
 def describe(spec: CheckSpec, s: Settings, inv: Inventory) -> str:
     """What a planned check will verify, in words (for --dry-run)."""
+    if spec.kind == "git.fetch":
+        if not s.fetch:
+            return f"--no-fetch: compare with the local {s.base} as it is; show when it was last updated"
+        return f"fetch {s.base} from its remote first (a local branch or a commit id: nothing to fetch)"
+    if spec.kind == "git.files":
+        return f"the diff touches {', '.join(s.expect_files)} and nothing else; each glob at least once"
     if spec.kind == "git.base":
         return f"{s.base} names a commit in {s.repo}; report ahead/behind and the merge base"
     if spec.kind == "git.commits":
@@ -175,19 +221,12 @@ def describe(spec: CheckSpec, s: Settings, inv: Inventory) -> str:
     if spec.kind == "git.clean":
         return "no uncommitted or untracked files"
     if spec.kind == "git.diff":
-        bounds = [
-            f"{label} <= {b}"
-            for label, b in (
-                ("files", s.max_files),
-                ("insertions", s.max_insertions),
-                ("deletions", s.max_deletions),
-            )
-            if b is not None
-        ]
+        bounds = [f"{label} >= {lo}" for label, lo, _ in _bounds(s) if lo is not None]
+        bounds += [f"{label} <= {hi}" for label, _, hi in _bounds(s) if hi is not None]
         return "diff stat from the merge base: " + (", ".join(bounds) or "report only (no bounds)")
     host = inv.host(spec.host or "")
     if spec.kind == "head":
-        return f"{host.path} is at the local HEAD"
+        return f"{host.path} is at the local HEAD, with a clean tree (untracked files included)"
     if spec.kind == "health":
         svc = host.service(spec.service or "")
         what = f"health {svc.health.url}" if svc.health else "no health check declared"
@@ -297,10 +336,12 @@ def count_text(c: testcount.TestCounts) -> str:
 
 
 def _tail(stdout: str, stderr: str, n: int = OUTPUT_TAIL) -> list[str]:
+    """The last ``n`` lines of a run's output (already redacted and bounded by the agent), each cut
+    at OUTPUT_LINE characters: one endless line must not become the report."""
     lines = stdout.rstrip("\n").splitlines()
     if stderr.strip():
         lines += ["--- stderr ---", *stderr.rstrip("\n").splitlines()]
-    return lines[-n:]
+    return [ln if len(ln) <= OUTPUT_LINE else ln[:OUTPUT_LINE] + " [...]" for ln in lines[-n:]]
 
 
 def judge_test(t: PreflightTest, run: dict[str, Any]) -> Outcome:
@@ -372,17 +413,59 @@ def _judge_regex(t: PreflightTest, code: Any, out: str, err: str, facts: dict[st
     return Outcome(True, f"exit 0, {m.text}", facts)
 
 
+def _bounds(s: Settings) -> list[tuple[str, int | None, int | None]]:
+    return [
+        ("files", s.min_files, s.max_files),
+        ("insertions", s.min_insertions, s.max_insertions),
+        ("deletions", s.min_deletions, s.max_deletions),
+    ]
+
+
 def judge_bounds(stat: DiffStat, s: Settings) -> list[str]:
-    """The diff stat's excesses over the declared bounds (empty: within)."""
+    """The diff stat outside the declared bounds, minimums and maximums (empty: within). A minimum
+    catches the empty or tiny diff of a branch that should carry work (a forgotten push, the wrong
+    branch checked out)."""
     out = []
-    for label, value, bound in (
-        ("files", stat.files, s.max_files),
-        ("insertions", stat.insertions, s.max_insertions),
-        ("deletions", stat.deletions, s.max_deletions),
-    ):
-        if bound is not None and value > bound:
-            out.append(f"{value} {label} > max {bound}")
+    values = {"files": stat.files, "insertions": stat.insertions, "deletions": stat.deletions}
+    for label, lo, hi in _bounds(s):
+        value = values[label]
+        if lo is not None and value < lo:
+            out.append(f"{value} {label} < min {lo}")
+        if hi is not None and value > hi:
+            out.append(f"{value} {label} > max {hi}")
     return out
+
+
+def judge_files(globs: tuple[str, ...], paths: list[str]) -> Outcome:
+    """The diff touches paths matching ``globs`` and only those, and every glob at least once."""
+    stray, unused = match_files(globs, paths)
+    facts: dict[str, Any] = {"files": paths, "expect_files": list(globs), "stray": stray, "unused": unused}
+    problems = []
+    if stray:
+        problems.append(f"{len(stray)} unexpected {'path' if len(stray) == 1 else 'paths'}: {_listed(stray)}")
+    if unused:
+        problems.append(f"nothing touched matches {_listed(unused)}")
+    if problems:
+        return Outcome(False, "; ".join(problems), facts)
+    n = len(paths)
+    return Outcome(True, f"{n} {'path' if n == 1 else 'paths'} touched, all within {', '.join(globs)}", facts)
+
+
+def _listed(items: list[str]) -> str:
+    more = f" and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else ""
+    return ", ".join(items[:MAX_LISTED]) + more
+
+
+def age_text(seconds: float) -> str:
+    """3725 -> '1h02m'; for a ref's age in a detail."""
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+    return f"{s // 86400}d{(s % 86400) // 3600:02d}h"
 
 
 def _short(sha: str | None) -> str:
@@ -398,13 +481,22 @@ class Runner:
     """Runs a plan: local git through ``git``; remote checks through one session per host."""
 
     def __init__(
-        self, inv: Inventory, s: Settings, git: Git | None = None, connect_fn: Connect = connect
+        self,
+        inv: Inventory,
+        s: Settings,
+        git: Git | None = None,
+        connect_fn: Connect = connect,
+        workers: int = 16,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.inv = inv
         self.s = s
         self.git = git or Git(s.repo)
         self._connect = connect_fn
+        self.workers = max(1, workers)  # hosts checked at once (1: one host after another)
+        self._clock = clock
         self._stack: ExitStack | None = None
+        self._lock = threading.Lock()
         self.top = s.repo
         self._base: dict[str, Any] | None = None
         self._base_error: str | None = None
@@ -428,33 +520,81 @@ class Runner:
         on_start: Callable[[CheckSpec], None] | None = None,
         on_result: Callable[[CheckResult], None] | None = None,
     ) -> PreflightReport:
+        """Local git checks in order, then every host's checks at once (each host's own in order,
+        through its one session). Without ``keep_going`` a check is not started once a check
+        declared BEFORE it has failed; the report is then settled in declaration order: the first
+        failure is the one reported, and what ran alongside after it shows as not counted."""
         top = self.top = self.check_repo()
-        results: list[CheckResult] = []
-        stopped: CheckResult | None = None
-        with ExitStack() as stack:
-            self._stack = stack
-            for spec in checks:
-                if stopped is not None:
-                    results.append(
-                        CheckResult(
-                            spec.name,
-                            spec.kind,
-                            spec.host,
-                            SKIP,
-                            f"not run: stopped at '{stopped.name}' (--keep-going runs every check)",
-                        )
-                    )
-                    continue
+        results: list[CheckResult | None] = [None] * len(checks)
+        first = [len(checks)]  # declaration index of the first failure so far
+
+        def one(i: int) -> None:
+            spec = checks[i]
+            with self._lock:
+                if not keep_going and first[0] < i:
+                    return  # settled below as "not run"
                 if on_start:
                     on_start(spec)
-                r = self._one(spec)
-                results.append(r)
+            r = self._one(spec)
+            with self._lock:
+                results[i] = r
+                if r.status == FAIL:
+                    first[0] = min(first[0], i)
                 if on_result:
                     on_result(r)
-                if r.status == FAIL and not keep_going:
-                    stopped = r
+
+        by_host: dict[str, list[int]] = {}
+        for i, c in enumerate(checks):
+            if c.host is not None:
+                by_host.setdefault(c.host, []).append(i)
+        with ExitStack() as stack:
+            self._stack = stack
+            for i, c in enumerate(checks):
+                if c.host is None:
+                    one(i)
+            if self.workers == 1 or len(by_host) <= 1:
+                for idx in by_host.values():
+                    for i in idx:
+                        one(i)
+            elif by_host:
+                with ThreadPoolExecutor(max_workers=min(self.workers, len(by_host))) as pool:
+                    futures = [pool.submit(lambda idx=idx: [one(i) for i in idx]) for idx in by_host.values()]
+                    for f in futures:
+                        f.result()
             self._stack = None
-        return PreflightReport(repo=top, base=self.s.base, checks=results)
+        return PreflightReport(repo=top, base=self.s.base, checks=self._settle(checks, results, first[0],
+                                                                                keep_going))
+
+    @staticmethod
+    def _settle(
+        checks: list[CheckSpec], results: list[CheckResult | None], stop: int, keep_going: bool
+    ) -> list[CheckResult]:
+        out: list[CheckResult] = []
+        for i, spec in enumerate(checks):
+            r = results[i]
+            if r is not None and (keep_going or i <= stop):
+                out.append(r)
+                continue
+            why = f"stopped at '{checks[stop].name}' (--keep-going runs every check)"
+            if r is None or r.status == SKIP:  # never started, or could not run (e.g. host unreachable)
+                out.append(CheckResult(spec.name, spec.kind, spec.host, SKIP, f"not run: {why}"))
+                continue
+            # it ran on another host alongside the failing one: shown, but never counted
+            facts = dict(r.facts, ran={"status": r.status, "detail": r.detail})
+            out.append(
+                CheckResult(
+                    spec.name,
+                    spec.kind,
+                    spec.host,
+                    SKIP,
+                    f"not counted: {why}; it ran alongside: {r.status}: {r.detail}",
+                    r.duration,
+                    facts,
+                    0,
+                    r.output,
+                )
+            )
+        return out
 
     def _one(self, spec: CheckSpec) -> CheckResult:
         t = time.monotonic()
@@ -514,6 +654,54 @@ class Runner:
             "behind": behind,
         }
         return self._base
+
+    def base_remote(self) -> tuple[str, str] | None:
+        """(remote, branch) when the base is a remote-tracking branch, else None."""
+        return split_remote_ref(self.s.base, self.git.remotes())
+
+    def _git_fetch(self, spec: CheckSpec) -> Outcome:
+        rb = self.base_remote()
+        if rb is None:
+            return Outcome(
+                True,
+                f"{self.s.base} is not a remote-tracking branch (a local branch, tag or commit): "
+                "nothing to fetch",
+                {"fetched": False, "remote": None},
+            )
+        remote, branch = rb
+        ref = f"refs/remotes/{remote}/{branch}"
+        before = self.git.resolve(ref)
+        facts: dict[str, Any] = {"remote": remote, "branch": branch, "before": before}
+        if not self.s.fetch:
+            when = self.git.last_sync(remote, branch)
+            facts.update(fetched=False, updated_at=when)
+            age = (
+                f"last fetched {age_text(self._clock() - when)} ago"
+                if when is not None
+                else "never fetched (no reflog, no FETCH_HEAD)"
+            )
+            at = f" at {_short(before)}" if before else " (missing)"
+            return Outcome(True, f"not fetched (--no-fetch): {self.s.base}{at}, {age}", facts)
+        try:
+            self.git.fetch(remote, branch, FETCH_TIMEOUT)
+        except GitError as exc:
+            when = self.git.last_sync(remote, branch)
+            age = f" (last fetched {age_text(self._clock() - when)} ago)" if when is not None else ""
+            if "couldn't find remote ref" in exc.message:
+                raise GitError(
+                    f"{remote} has no branch {branch} (the base {self.s.base})",
+                    "check the name (--base, or [preflight] base); was the branch deleted or renamed?",
+                ) from None
+            raise GitError(
+                f"cannot fetch {branch} from {remote}: {exc.message}",
+                "check the remote is reachable, or pass --no-fetch to compare with the local "
+                f"{self.s.base}{age}",
+            ) from None
+        after = self.git.resolve(ref)
+        facts.update(fetched=True, after=after)
+        moved = "unchanged" if before == after else f"was {_short(before)}"
+        text = f"fetched {branch} from {remote}: {self.s.base} at {_short(after)} ({moved})"
+        return Outcome(True, text, facts)
 
     def _git_base(self, spec: CheckSpec) -> Outcome:
         f = self._base_facts()
@@ -592,10 +780,16 @@ class Runner:
                 "deletions": self.s.max_deletions,
             },
         }
+        facts["min"] = {"files": self.s.min_files, "insertions": self.s.min_insertions,
+                        "deletions": self.s.min_deletions}
         over = judge_bounds(stat, self.s)
         if over:
             return Outcome(False, f"{stat.text}: {'; '.join(over)}", facts)
         return Outcome(True, stat.text, facts)
+
+    def _git_files(self, spec: CheckSpec) -> Outcome:
+        f = self._base_facts()
+        return judge_files(self.s.expect_files, self.git.changed_files(f["merge_base"], f["head"]))
 
     # --- remote -------------------------------------------------------------------------------
 
@@ -606,34 +800,57 @@ class Runner:
             raise Skip(f"not run: {name} is unreachable ({self._unreachable[name]})")
         assert self._stack is not None
         try:
-            session = self._stack.enter_context(self._connect(self.inv, self.inv.host(name)))
+            cm = self._connect(self.inv, self.inv.host(name))
+            session = cm.__enter__()
         except OpsError as exc:
             self._unreachable[name] = exc.message
             raise
+        with self._lock:  # the hosts' threads share the stack that closes every session
+            self._stack.push(cm.__exit__)
         self._sessions[name] = session
         return session
 
+    def _exec_args(self, host: Host, **args: Any) -> dict[str, Any]:
+        """An exec request whose output the agent redacts with the host's service secrets."""
+        return {"base": host.path, "all_services": [svc.to_agent() for svc in host.services], **args}
+
     def _head(self, spec: CheckSpec) -> Outcome:
+        """Same head: the host's checkout is at the local HEAD AND its tree is clean (untracked files
+        included), so the remote checks run this branch's committed code and nothing else."""
         host = self.inv.host(spec.host or "")
         local = self.git.resolve("HEAD")
         data = self._session(host.name).call(
             "exec",
-            {"cmd": ["git", "rev-parse", "HEAD"], "cwd": host.path, "timeout": HEAD_TIMEOUT},
+            self._exec_args(
+                host, cmd=host_state_script(), cwd=host.path, env=HOST_GIT_ENV, timeout=HEAD_TIMEOUT
+            ),
             timeout=HEAD_TIMEOUT + EXEC_MARGIN,
         )
-        remote = data["stdout"].strip()
-        facts = {"remote_head": remote or None, "local_head": local, "path": host.path}
-        if data["exit_code"] != 0 or not remote:
+        remote, dirty, caches = parse_host_state(data["stdout"]) if data["exit_code"] == 0 else (None, [], [])
+        facts = {"remote_head": remote, "local_head": local, "path": host.path, "dirty": dirty,
+                 "ignored_caches": len(caches)}
+        if remote is None:
             why = (data["stderr"].strip().splitlines() or ["no output"])[-1]
-            return Outcome(False, f"cannot read the checkout's HEAD in {host.path}: {why}", facts)
+            return Outcome(False, f"cannot read the checkout's HEAD and status in {host.path}: {why}", facts)
+        problems = []
         if remote != local:
-            return Outcome(
-                False,
-                f"the checkout {host.path} is at {_short(remote)}, this branch is at {_short(local)}: "
-                "deploy the branch first",
-                facts,
+            problems.append(
+                f"the checkout {host.path} is at {_short(remote)}, this branch is at {_short(local)}"
             )
-        return Outcome(True, f"{host.path} is at {_short(remote)}, the local HEAD", facts)
+        if dirty:
+            noun = "change" if len(dirty) == 1 else "changes"
+            problems.append(
+                ("the checkout " + host.path if remote == local else "and it")
+                + f" has {len(dirty)} uncommitted {noun}: {_listed(dirty)}"
+            )
+        if problems:
+            advice = "deploy the branch first" if remote != local else (
+                "the remote checks would run uncommitted code: commit or discard the changes on the host "
+                f"(`git -C {host.path} status`), then deploy the branch"
+            )
+            return Outcome(False, "; ".join(problems) + f": {advice}", facts)
+        extra = f" ({len(caches)} untracked bytecode caches ignored)" if caches else ""
+        return Outcome(True, f"{host.path} is at {_short(remote)}, the local HEAD; tree clean{extra}", facts)
 
     def _health(self, spec: CheckSpec) -> Outcome:
         host = self.inv.host(spec.host or "")
@@ -672,12 +889,27 @@ class Runner:
         host = self.inv.host(t.host)
         cwd = host.path if t.cwd in ("", ".") else posixpath.join(host.path, t.cwd)
         session = self._session(host.name)
+        save = posixpath.join(host.state_dir, "preflight", _slug(spec.name) + ".out")
         data = session.call(
-            "exec", {"cmd": t.cmd, "cwd": cwd, "timeout": t.timeout}, timeout=t.timeout + EXEC_MARGIN
+            "exec",
+            self._exec_args(host, cmd=t.cmd, cwd=cwd, timeout=t.timeout, save=save),
+            timeout=t.timeout + EXEC_MARGIN,
         )
         out = judge_test(t, data)
-        out.facts.update(cmd=t.cmd, cwd=t.cwd, name=t.name)
+        out.facts.update(cmd=t.cmd, cwd=t.cwd, name=t.name, saved=data.get("saved"),
+                         output_bytes=(data.get("stdout_bytes") or 0) + (data.get("stderr_bytes") or 0))
+        if data.get("lingering"):
+            out.facts["lingering"] = True
+            out.detail += (
+                "; a background process of the run still held its output after it exited: "
+                "its group was killed"
+            )
         return out
+
+
+def _slug(name: str) -> str:
+    """A check's name as a file name: 'box: test pytest -q' -> 'box-test-pytest-q'."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-")[:80] or "test"
 
 
 def run(

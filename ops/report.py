@@ -452,7 +452,8 @@ def preflight(rep: Reporter, report) -> None:
         if c.status == "fail" and c.facts.get("advice"):
             rep.line(f"{c.name}: -> {c.facts['advice']}")
         if c.status == "fail" and c.output:
-            rep.line(f"{c.name}: last {len(c.output)} lines of output:", "bold red")
+            kept = f" (a longer tail is kept on {c.host}: {c.facts['saved']})" if c.facts.get("saved") else ""
+            rep.line(f"{c.name}: last {len(c.output)} lines of output{kept}:", "bold red")
             for ln in c.output:
                 rep.line(f"  | {ln}")
     rep.line(_preflight_summary(report), "green" if report.ok else "bold red")
@@ -472,13 +473,35 @@ def _verdict(c, passed_text: str) -> str:
     if c.status == "pass":
         return passed_text
     if c.status == "skip":
-        return "not run"
+        # one word whether it was never started or ran alongside a failure on another host (timing
+        # decides which): the section stays deterministic, and a skipped check is never a pass
+        return "skipped"
     return f"**FAILED**: {c.detail}"
 
 
+def _fetch_line(c, base: str) -> str | None:
+    f = c.facts
+    if c.status == "pass" and not f.get("remote"):
+        return None  # a local base: nothing to say
+    if c.status == "pass" and f.get("fetched"):
+        return f"- Base {_code(base)} fetched from {_code(f['remote'])} before the checks"
+    if c.status == "pass":
+        return f"- Base {_code(base)} not fetched (--no-fetch): compared with the local ref"
+    return f"- Fetch of {_code(base)}: {_verdict(c, '')}"
+
+
 def preflight_markdown_text(report) -> str:
-    """The "## Verification" section for a PR body: commits, diff stat, tests, health, verdict."""
+    """The "## Verification" section for a PR body: commits, diff stat, tests, health, verdict.
+
+    Deterministic (no timings, pids or ages) and never green from a red run: a red run says so in
+    its first line as well as its last, and every failed or skipped check says so in its line."""
     out = ["## Verification", ""]
+    if not report.ok:
+        out += [f"**{_preflight_summary(report).split('. First failure')[0]}: not ready for review.**", ""]
+    for c in report.by_kind("git.fetch"):
+        line = _fetch_line(c, report.base)
+        if line:
+            out.append(line)
     base = report.by_kind("git.base")
     if base:
         b = base[0]
@@ -507,6 +530,10 @@ def preflight_markdown_text(report) -> str:
             else ""
         )
         out.append(f"- Diff stat vs the merge base: {_verdict(c, text)}")
+    for c in report.by_kind("git.files"):
+        n = len(c.facts.get("files", []))
+        globs = ", ".join(_code(g) for g in c.facts.get("expect_files", []))
+        out.append(f"- Paths touched ({n}): {_verdict(c, f'all within {globs}, each at least once')}")
     for c in report.by_kind("git.clean"):
         out.append(f"- Working tree: {_verdict(c, 'clean')}")
     heads = report.by_kind("head")
@@ -514,7 +541,7 @@ def preflight_markdown_text(report) -> str:
         out.append("- Checkouts on the hosts:")
         for c in heads:
             at = _code(c.facts["remote_head"][:7]) if c.facts.get("remote_head") else "?"
-            out.append(f"  - {c.host}: {_verdict(c, f'at {at}, the branch HEAD')}")
+            out.append(f"  - {c.host}: {_verdict(c, f'at {at}, the branch HEAD, clean tree')}")
     tests = report.by_kind("tests")
     if tests:
         out.append("- Tests:")
@@ -540,6 +567,81 @@ def preflight_markdown_text(report) -> str:
 def preflight_markdown(rep: Reporter, report) -> None:
     rep.out.write(preflight_markdown_text(report))
     rep.out.flush()
+
+
+# --- pr ----------------------------------------------------------------------------------------
+
+
+def pr_summary_text(commits) -> str:
+    """The body's Summary: the commits ahead of the base, oldest first."""
+    lines = ["## Summary", ""]
+    lines += [f"- {c['subject']} (`{c['id']}`)" for c in commits] or ["- (no commits ahead of the base)"]
+    return "\n".join(lines) + "\n"
+
+
+def _rollback_line(f) -> str:
+    host, head = f["host"], f["head"][:7]
+    at = f"`{f['checkout'][:7]}`" if f.get("checkout") else "?"
+    if f["state"] == "error":
+        return f"- {host}: its deploy history could not be read ({f['error']}); check it with " \
+               f"`inv journal --host {host}`"
+    if f["state"] == "none":
+        return (f"- {host}: no deploy is recorded there (its checkout is at {at}, not put there by "
+                "`inv deploy`): `inv rollback` has nothing to go back to")
+    if f["state"] == "other":
+        return (f"- {host}: the last deploy recorded there is `{f['current'][:7]}`, not this branch "
+                f"(`{head}`; the checkout is at {at}): `inv rollback` would not undo this branch there")
+    if f["state"] == "first":
+        return (f"- {host}: runs this branch (`{head}`); no earlier deploy is recorded there, so "
+                "`inv rollback` has nothing to go back to")
+    prev = f["previous"][:7]
+    return (f"- {host}: runs this branch (`{head}`), deployed over `{prev}`. "
+            f"To go back to `{prev}`: `{f['command']}`")
+
+
+def pr_rollback_text(facts) -> str:
+    """The body's Rollback: per host, the commit deployed before and the exact `inv rollback`."""
+    lines = [_rollback_line(f) for f in facts]
+    body = lines or ["- No host runs remote checks in this pre-flight: nothing deployed to roll back."]
+    return "\n".join(["## Rollback", "", *body]) + "\n"
+
+
+def pr_body_text(template: str | None, values: dict[str, str]) -> str:
+    """The default body (Summary, Verification, Rollback), or the (checked) template filled."""
+    from ops.pr import PLACEHOLDER
+
+    if template is None:
+        return "\n".join(values[k].rstrip("\n") + "\n" for k in ("summary", "verification", "rollback"))
+    body = PLACEHOLDER.sub(lambda m: values[m.group(1)].rstrip("\n"), template)
+    return body if body.endswith("\n") else body + "\n"
+
+
+def pr(rep: Reporter, outcome) -> None:
+    """`inv pr`: the pre-flight table, then the PR's URL (alone on the last line) or why it was not
+    opened and where its body is to paste."""
+    if rep.fmt == "json":
+        rep.json(outcome.to_json())
+        return
+    preflight(rep, outcome.report)
+    if outcome.opened:
+        rep.line("pull request opened" + (" (draft)" if "--draft" in outcome.argv else "") + ":", "green")
+        rep.line(outcome.url or "")
+        return
+    rep.line(f"no pull request opened: {outcome.problem}", "bold red")
+    if outcome.advice:
+        rep.line(f"-> {outcome.advice}")
+
+
+def pr_plan(rep: Reporter, plan: list[tuple], argv: list[str]) -> None:
+    """`inv pr --dry-run`: the pre-flight plan, then the gh command that would follow a green run."""
+    import shlex
+
+    if rep.fmt == "json":
+        checks = [{"name": c.name, "kind": c.kind, "host": c.host, "what": what} for c, what in plan]
+        rep.json({"plan": checks, "then": argv})
+        return
+    preflight_plan(rep, plan)
+    rep.line("then, only if every check passed: " + shlex.join(argv))
 
 
 # --- verify ------------------------------------------------------------------------------------

@@ -342,13 +342,14 @@ PREFLIGHT_HELP = {
     "host": "restrict the remote checks to these hosts (name, comma list, group)",
     "repo": "the local checkout to check (default: [preflight] repo, else the current directory)",
     "dry-run": "list the checks and what each verifies; run nothing",
+    "no-fetch": "do not fetch the base's remote first (the age of the local ref is shown)",
 }
 
 
 @task(auto_shortflags=False, help=PREFLIGHT_HELP)
 @errors_to_exit
 def preflight(c, base=None, commits=None, expect=None, keep_going=False, markdown=False, json=False,
-              host=None, repo=None, dry_run=False):
+              host=None, repo=None, dry_run=False, no_fetch=False):
     """Checks before a PR: commits, clean tree, diff size, remote health and test counts.
 
     Stops at the first failing check (--keep-going runs all); exit 0 only if every check passed.
@@ -360,7 +361,8 @@ def preflight(c, base=None, commits=None, expect=None, keep_going=False, markdow
     if markdown and json:
         raise UsageError("--markdown and --json are exclusive", "pick one")
     inv = _inventory()
-    settings = pf.settings(inv, repo=repo, base=base, commits=commits, expect=expect, host=host)
+    settings = pf.settings(inv, repo=repo, base=base, commits=commits, expect=expect, host=host,
+                           fetch=False if no_fetch else None)
     rep = report.Reporter(report.choose_format(json))
     if dry_run:
         checks = pf.plan(settings, inv)
@@ -378,6 +380,51 @@ def preflight(c, base=None, commits=None, expect=None, keep_going=False, markdow
 
 
 ns.add_task(preflight)
+
+
+PR_HELP = {
+    "base": "the PR's base (default: [preflight] base); another branch for a stacked PR, e.g. origin/parent",
+    "title": "the PR's title (default: the commit's subject, or the branch name for several)",
+    "draft": "open it as a draft",
+    "body-file": "where to write the body (default: ops-pr-body.md in the repository's git directory)",
+    "commits": PREFLIGHT_HELP["commits"],
+    "expect": PREFLIGHT_HELP["expect"],
+    "host": PREFLIGHT_HELP["host"],
+    "repo": PREFLIGHT_HELP["repo"],
+    "no-fetch": PREFLIGHT_HELP["no-fetch"],
+    "json": JSON_HELP,
+    "dry-run": "list the checks and the gh command; run nothing",
+}
+
+
+@task(auto_shortflags=False, help=PR_HELP)
+@errors_to_exit
+def pr(c, base=None, title=None, draft=False, body_file=None, commits=None, expect=None, host=None,
+       repo=None, no_fetch=False, json=False, dry_run=False):
+    """Run the pre-flight; only if every check passed, open the PR with gh and print its URL."""
+    from ops import pr as prm
+    from ops import preflight as pf
+    from ops import report
+
+    inv = _inventory()
+    settings = pf.settings(inv, repo=repo, base=base, commits=commits, expect=expect, host=host,
+                           fetch=False if no_fetch else None)
+    rep = report.Reporter(report.choose_format(json))
+    opts = prm.PrOptions(title=title, draft=draft, body_file=body_file, cwd=os.getcwd())
+    runner = prm.PrRunner(inv, settings, opts)
+    if dry_run:
+        checks = pf.plan(settings, inv)
+        report.pr_plan(rep, [(spec, pf.describe(spec, settings, inv)) for spec in checks],
+                       runner.planned_argv())
+        return
+    outcome = runner.run(on_start=lambda spec: report.preflight_starting(rep, spec),
+                         on_result=lambda r: report.preflight_progress(rep, r))
+    report.pr(rep, outcome)
+    if outcome.exit_code:
+        raise Exit(code=outcome.exit_code)
+
+
+ns.add_task(pr)
 
 
 # --- verify.* ----------------------------------------------------------------------------------

@@ -22,7 +22,6 @@ from .state import expand
 # imported when it first runs (lifecycle for status/start/stop, deployops and checks for theirs).
 
 VERSION = os.environ.get("OPS_AGENT_VERSION", "dev")
-EXEC_DRAIN = 5.0  # s to read what is left of a timed-out command's output after its group is killed
 
 
 class Channel:
@@ -123,52 +122,11 @@ def op_follow(args, emit):
 
 
 def op_exec(args, emit):
-    """Run a command on the host (argv list, or a string run by sh). Bounded by a timeout."""
-    import subprocess
+    """Run a command on the host (argv list, or a string run by sh), bounded in time and output,
+    its output redacted like log tails (ops/agent/execrun.py)."""
+    from . import execrun
 
-    cmd = args["cmd"]
-    cwd = expand(args["cwd"]) if args.get("cwd") else None
-    env = dict(os.environ)
-    env.update(args.get("env") or {})
-    timeout = float(args.get("timeout") or 300)
-    t = time.monotonic()
-    try:
-        p = subprocess.Popen(
-            cmd,
-            shell=isinstance(cmd, str),
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.PIPE if args.get("stdin") else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
-    except OSError as exc:
-        return {"exit_code": 127, "stdout": "", "stderr": str(exc), "duration": 0.0, "timed_out": False}
-    try:
-        out, err = p.communicate(input=(args.get("stdin") or "").encode() or None, timeout=timeout)
-        timed_out = False
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(p.pid, signal.SIGKILL)
-        except OSError:
-            pass
-        timed_out = True
-        try:
-            out, err = p.communicate(timeout=EXEC_DRAIN)
-        except subprocess.TimeoutExpired as exc:
-            # something that left the group (setsid) still holds the pipes: keep what was read
-            out, err = exc.output or b"", exc.stderr or b""
-            p.stdout.close()
-            p.stderr.close()
-            p.wait()
-    return {
-        "exit_code": p.returncode,
-        "stdout": out.decode("utf-8", "replace"),
-        "stderr": err.decode("utf-8", "replace"),
-        "timed_out": timed_out,
-        "duration": round(time.monotonic() - t, 3),
-    }
+    return execrun.run(args, _log_secrets(args))
 
 
 OPS = {

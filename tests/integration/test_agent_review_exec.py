@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from ops.agent import server
+from ops.agent import execrun, server
 from tests.harness import pid_alive
 
 ESCAPER = """
@@ -24,7 +24,7 @@ time.sleep(60)
 def test_exec_returns_after_its_timeout_even_when_an_escaped_child_holds_its_output(
     tmp_path: Path, monkeypatch
 ) -> None:
-    monkeypatch.setattr(server, "EXEC_DRAIN", 0.5)
+    monkeypatch.setattr(execrun, "EXEC_DRAIN", 0.5)
     pidfile = tmp_path / "escaped.pid"
     t = time.monotonic()
     try:

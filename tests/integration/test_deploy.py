@@ -268,7 +268,10 @@ def test_max_fail_stops_starting_new_batches(tmp_path, sshd, repo, cleanup_hosts
 
 
 def _snapshot(tmp_path: Path) -> tuple[list[str], list[tuple[str, int]]]:
-    procs = subprocess.run(["pgrep", "-af", "examples/demo/"], capture_output=True, text=True).stdout
+    # only this test's processes: other tests (or other checkouts) may start and stop demos meanwhile
+    procs = subprocess.run(
+        ["pgrep", "-af", f"{tmp_path}/.*examples/demo/"], capture_output=True, text=True
+    ).stdout
     files = sorted((str(p.relative_to(tmp_path)), p.stat().st_mtime_ns)
                    for p in (tmp_path / "hosts").rglob("*") if p.is_file() and p.name != "hb.json")
     return sorted(procs.splitlines()), files

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -23,7 +24,7 @@ import pytest
 from ops import control, inventory, preflight
 from ops.preflight import FAIL, PASS, SKIP, PreflightReport
 from ops.session import connect
-from tests.harness import SshServer, cmdline, free_port, kill_quietly
+from tests.harness import SshServer, cmdline, free_port, kill_quietly, pid_alive, wait_until
 
 pytestmark = pytest.mark.ssh
 
@@ -64,6 +65,9 @@ FEATURE = [  # (path, content, subject): the branch's 3 commits
     ("README.md", "# demo\n\nUsage: run it.\nMore: read it.\n", "docs: usage in the README"),
     ("app/two.py", "".join(f"TWO_{i} = {i}\n" for i in range(5)), "app: add two.py"),
 ]
+
+
+SECRET = "tok-9f8e7d6c5b4a"  # web's env_file value: must never come back from a host verbatim
 
 
 def git(cwd: Path, *args: str) -> str:
@@ -164,6 +168,7 @@ overrides.web.port = {idle_port}
 
 [services.web]
 cmd = "{python} {http_status} --port ${{port}} --status 200"
+env_file = "{dir}/web.env"
 ready = {{ log = "listening" }}
 health = {{ url = "http://127.0.0.1:${{port}}/health" }}
 
@@ -203,6 +208,7 @@ def box(sshd: SshServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[B
     over ssh through the lifecycle; `idle` declares web on another port and never starts it."""
     d = tmp_path_factory.mktemp("box")
     b = Box(d, free_port(), free_port(), free_port())
+    (d / "web.env").write_text(f"WEB_TOKEN={SECRET}\n")
     inv = inventory.load(write_inventory(d / "hosts.toml", sshd, b, d))
     started = []
     try:
@@ -270,6 +276,7 @@ def check(rep: PreflightReport, name: str):
 
 
 ALL_NAMES = [
+    "git: fetch",
     "git: base",
     "git: commits",
     "git: clean",
@@ -317,6 +324,7 @@ def test_every_check_passes_with_its_facts(scene: Scene, sshd: SshServer, box: B
 EXPECTED_MARKDOWN = """\
 ## Verification
 
+- Base `origin/main` fetched from `origin` before the checks
 - Branch `feature` at `{head}`: 3 commits ahead of `origin/main`, 0 behind (merge base `{initial}`)
 - Commits (3):
   - `{c1}` app: add one.py
@@ -325,14 +333,14 @@ EXPECTED_MARKDOWN = """\
 - Diff stat vs the merge base: 3 files changed, 18 insertions(+), 0 deletions(-)
 - Working tree: clean
 - Checkouts on the hosts:
-  - box: at `{head}`, the branch HEAD
+  - box: at `{head}`, the branch HEAD, clean tree
 - Tests:
   - box: `{pytest}` (in `proj`) — 18/18 passed
 - Health:
   - box: web — healthy: http://127.0.0.1:{port}/health answered 200; last log line: \
 `127.0.0.1 "GET /health HTTP/1.1" 200 -`
 
-All 7 pre-flight checks passed.
+All 8 pre-flight checks passed.
 """
 
 
@@ -367,7 +375,7 @@ def test_a_missing_expected_commit_fails_and_stops(scene: Scene, sshd: SshServer
         "(exists, but is not between origin/main and HEAD); "
         f"unexpected commit: {scene.origin.feature[2]} 'app: add two.py'"
     )
-    assert [s for _, s in statuses(rep)] == [PASS, FAIL, SKIP, SKIP, SKIP, SKIP, SKIP]
+    assert [s for _, s in statuses(rep)] == [PASS, PASS, FAIL, SKIP, SKIP, SKIP, SKIP, SKIP]
     assert rep.exit_code == 1
 
 
@@ -391,7 +399,7 @@ def test_a_dirty_tree_fails(scene: Scene, sshd: SshServer, box: Box) -> None:
     c = check(rep, "git: clean")
     assert (c.status, c.detail) == (FAIL, "2 uncommitted changes: M README.md, ?? notes.txt")
     assert c.facts["dirty"] == ["M README.md", "?? notes.txt"]
-    assert [s for _, s in statuses(rep)][3:] == [SKIP, SKIP, SKIP, SKIP]
+    assert [s for _, s in statuses(rep)][4:] == [SKIP, SKIP, SKIP, SKIP]
 
 
 def test_clean_false_does_not_check_the_tree(scene: Scene, sshd: SshServer, box: Box) -> None:
@@ -412,8 +420,8 @@ def test_a_diff_over_the_bound_fails(scene: Scene, sshd: SshServer, box: Box) ->
 
 
 def test_a_remote_run_with_17_of_18_passing_fails(scene: Scene, sshd: SshServer, box: Box) -> None:
-    (scene.box_path / "proj" / "FAIL_ONE").write_text("")
-    rep = run_preflight(scene, sshd, box, preflight_toml(scene.origin))
+    (scene.box_path / "proj" / "FAIL_ONE").write_text("")  # an untracked file: same_head would catch it
+    rep = run_preflight(scene, sshd, box, preflight_toml(scene.origin, same_head="false"))
     c = check(rep, f"box: test {PYTEST}")
     assert c.status == FAIL
     assert c.detail == "17/18 passed, 1 failed; exit 1; expected 18 passed"
@@ -475,7 +483,7 @@ def test_a_checkout_on_another_commit_fails_same_head(scene: Scene, sshd: SshSer
 def test_an_unreachable_host_fails_alone_and_exits_3(scene: Scene, sshd: SshServer, box: Box) -> None:
     toml = preflight_toml(scene.origin, health='["dead", "box"]', same_head="false")
     rep = run_preflight(scene, sshd, box, toml, keep_going=True)
-    assert statuses(rep)[4:] == [
+    assert statuses(rep)[5:] == [
         ("dead: health web", FAIL),
         ("box: health web", PASS),
         (f"box: test {PYTEST}", PASS),
@@ -490,20 +498,21 @@ def test_an_unreachable_host_fails_alone_and_exits_3(scene: Scene, sshd: SshServ
 def test_inv_preflight_fails_with_exit_1_and_keep_going_json(scene: Scene, sshd: SshServer, box: Box) -> None:
     (scene.box_path / "proj" / "FAIL_ONE").write_text("")
     (scene.laptop / "notes.txt").write_text("todo\n")
-    write_inventory(scene.inventory, sshd, box, scene.box_path, preflight_toml(scene.origin))
+    toml = preflight_toml(scene.origin, same_head="false")
+    write_inventory(scene.inventory, sshd, box, scene.box_path, toml)
     p = run_inv(scene)
     assert p.returncode == 1, p.stdout + p.stderr
     lines = p.stdout.splitlines()
     assert lines[0] == f"pre-flight of {scene.laptop} over origin/main"
     assert any(ln.startswith("git: clean") and "FAIL" in ln for ln in lines)
     assert lines[-1].startswith(
-        "Pre-flight FAILED: 1 of 7 checks failed, 4 not run. First failure: git: clean"
+        "Pre-flight FAILED: 1 of 7 checks failed, 3 not run. First failure: git: clean"
     )
 
     p = run_inv(scene, "--keep-going", "--json")
     assert p.returncode == 1, p.stderr
     data = json.loads(p.stdout)
-    assert [c["status"] for c in data["checks"]] == ["pass", "pass", "fail", "pass", "pass", "pass", "fail"]
+    assert [c["status"] for c in data["checks"]] == ["pass", "pass", "pass", "fail", "pass", "pass", "fail"]
     assert data["checks"][-1]["detail"] == "17/18 passed, 1 failed; exit 1; expected 18 passed"
     assert data["summary"] == {"pass": 5, "fail": 2, "skip": 0}
 
@@ -521,6 +530,8 @@ def test_inv_preflight_flags_override_and_restrict(scene: Scene, sshd: SshServer
     p = run_inv(scene, "--commits", "many")
     assert p.returncode == 2 and "--commits must be a number" in p.stderr
     p = run_inv(scene, "--base", "origin/nope", "--host", "box")
+    assert p.returncode == 1 and "origin has no branch nope (the base origin/nope)" in p.stdout
+    p = run_inv(scene, "--base", "origin/nope", "--host", "box", "--no-fetch")
     assert p.returncode == 1 and "base 'origin/nope' names no commit" in p.stdout
 
 
@@ -550,10 +561,221 @@ def test_inv_preflight_dry_run_lists_the_checks_and_touches_no_host(
     assert p.returncode == 0, p.stdout + p.stderr
     plan = json.loads(p.stdout)["plan"]
     assert [c["name"] for c in plan] == [
-        *ALL_NAMES[:4],
+        *ALL_NAMES[:5],
         "dead: checkout",
-        *ALL_NAMES[4:5],
+        *ALL_NAMES[5:6],
         "dead: health web",
-        *ALL_NAMES[5:],
+        *ALL_NAMES[6:],
     ]
     assert plan[-1]["what"] == f"in proj: `{PYTEST}`: exit 0 and exactly 18 passed (timeout 60s)"
+
+
+# --- issue 16: checks that cannot be fooled --------------------------------------------------------
+
+
+def test_an_edited_file_on_the_host_fails_same_head_naming_the_files(
+    scene: Scene, sshd: SshServer, box: Box
+) -> None:
+    """The host is at the right commit, but its tree is not what was committed: the remote tests
+    would run uncommitted code. Fails naming the files; the healthy twin (same commit, clean) passes."""
+    test_file = scene.box_path / "proj" / "tests" / "test_many.py"
+    test_file.write_text(test_file.read_text() + "\n# edited on the box\n")
+    (scene.box_path / "scratch.txt").write_text("left on the box\n")
+    rep = run_preflight(scene, sshd, box, preflight_toml(scene.origin))
+    c = check(rep, "box: checkout")
+    assert c.status == FAIL
+    assert c.detail.startswith(
+        f"the checkout {scene.box_path} has 2 uncommitted changes: M proj/tests/test_many.py, "
+        "?? scratch.txt: the remote checks would run uncommitted code"
+    )
+    assert c.facts["remote_head"] == c.facts["local_head"]  # the commit alone would have passed
+    assert check(rep, f"box: test {PYTEST}").status == SKIP
+    git(scene.box_path, "checkout", "--", "proj/tests/test_many.py")
+    (scene.box_path / "scratch.txt").unlink()
+    rep = run_preflight(scene, sshd, box, preflight_toml(scene.origin))
+    assert check(rep, "box: checkout").status == PASS and rep.ok, [x.detail for x in rep.checks]
+
+
+def test_a_secret_printed_by_a_failing_remote_test_is_redacted_in_table_and_json(
+    scene: Scene, sshd: SshServer, box: Box
+) -> None:
+    env = box.dir / "web.env"
+    cmd = f"cat {env}; echo visible-marker; exit 1"
+    test = f'host = "box"\nname = "leaky"\ncmd = "{cmd}"\nrunner = "regex"\n'
+    write_inventory(scene.inventory, sshd, box, scene.box_path, preflight_toml(scene.origin, test=test))
+    table = run_inv(scene)
+    as_json = run_inv(scene, "--json")
+    assert table.returncode == 1 and as_json.returncode == 1, table.stdout + table.stderr
+    for p in (table, as_json):
+        assert SECRET not in p.stdout + p.stderr
+        assert "WEB_TOKEN=***" in p.stdout
+        assert "visible-marker" in p.stdout  # the twin: what is not a secret is shown as printed
+    data = json.loads(as_json.stdout)
+    leaky = next(c for c in data["checks"] if c["name"] == "box: test leaky")
+    assert leaky["output"] == ["WEB_TOKEN=***", "visible-marker"]
+    saved = Path(leaky["facts"]["saved"])  # the kept tail, on the host (this machine, over ssh)
+    assert saved.parent == box.dir / "state-box" / "preflight"
+    assert saved.read_text() == "WEB_TOKEN=***\nvisible-marker\n"
+    assert "a longer tail is kept on box: " + str(saved) in table.stdout
+
+
+def _origin_copy(origin: Origin, tmp_path: Path) -> Path:
+    bare = tmp_path / "origin-copy.git"
+    git(tmp_path, "clone", "-q", "--bare", str(origin.bare), str(bare))
+    return bare
+
+
+def test_a_stale_base_is_fetched_first_and_no_fetch_shows_its_age(
+    scene: Scene, sshd: SshServer, box: Box, tmp_path: Path
+) -> None:
+    """Someone merged into main after the laptop's last fetch: the branch is 1 behind. --no-fetch
+    compares with the stale local ref (and says how old it is); the default fetches and sees it."""
+    bare = _origin_copy(scene.origin, tmp_path)
+    laptop = tmp_path / "laptop2"
+    git(tmp_path, "clone", "-q", "-b", "feature", str(bare), str(laptop))
+    other = tmp_path / "other"
+    git(tmp_path, "clone", "-q", "-b", "main", str(bare), str(other))
+    old_main = git(other, "rev-parse", "--short=7", "HEAD")
+    new_main = commit_file(other, "CHANGES.md", "merged meanwhile\n", "main: merged meanwhile")
+    git(other, "push", "-q", "origin", "main")
+    stale = Scene(laptop, scene.box_path, scene.inventory, scene.origin)
+    toml = preflight_toml(scene.origin, test=None, health=None, same_head="false")
+
+    rep = run_preflight(stale, sshd, box, toml, fetch=False)
+    c = check(rep, "git: fetch")
+    assert c.status == PASS and c.facts["fetched"] is False
+    # the clone's reflog entry carries the fixed GIT_COMMITTER_DATE of these tests (2024-05-06)
+    assert c.facts["updated_at"] == 1714979289
+    assert re.fullmatch(
+        rf"not fetched \(--no-fetch\): origin/main at {old_main}, last fetched \d+d\d\dh ago", c.detail
+    ), c.detail
+    assert check(rep, "git: base").facts["behind"] == 0  # stale: the merge is not seen
+
+    rep = run_preflight(stale, sshd, box, toml)
+    assert check(rep, "git: fetch").detail == (
+        f"fetched main from origin: origin/main at {new_main} (was {old_main})"
+    )
+    assert check(rep, "git: base").facts["behind"] == 1
+
+
+def test_an_unreachable_base_remote_fails_the_fetch_and_no_fetch_gets_past_it(
+    scene: Scene, sshd: SshServer, box: Box
+) -> None:
+    git(scene.laptop, "remote", "set-url", "origin", str(scene.laptop.parent / "gone.git"))
+    toml = preflight_toml(scene.origin, test=None, health=None, same_head="false")
+    rep = run_preflight(scene, sshd, box, toml)
+    c = check(rep, "git: fetch")
+    assert c.status == FAIL and c.detail.startswith("cannot fetch main from origin: ")
+    assert "--no-fetch" in c.facts["advice"] and rep.exit_code == 1
+    rep = run_preflight(scene, sshd, box, toml, fetch=False)
+    assert rep.ok, [x.detail for x in rep.checks]
+
+
+def test_diff_minimums_and_expect_files_on_the_real_branch(scene: Scene, sshd: SshServer, box: Box) -> None:
+    base = {"test": None, "health": None, "same_head": "false", "max_files": None}
+    rep = run_preflight(scene, sshd, box, preflight_toml(scene.origin, **base, min_files="4"))
+    assert check(rep, "git: diff").detail == (
+        "3 files changed, 18 insertions(+), 0 deletions(-): 3 files < min 4"
+    )
+    toml = preflight_toml(scene.origin, **base, min_files="3", min_insertions="18")
+    rep = run_preflight(scene, sshd, box, toml)
+    assert check(rep, "git: diff").status == PASS
+
+    rep = run_preflight(scene, sshd, box, preflight_toml(scene.origin, **base, expect_files='["app/*.py"]'))
+    c = check(rep, "git: files")
+    assert (c.status, c.detail) == (FAIL, "1 unexpected path: README.md")
+    globs = '["app/*.py", "README.md", "docs/**"]'
+    rep = run_preflight(scene, sshd, box, preflight_toml(scene.origin, **base, expect_files=globs))
+    assert check(rep, "git: files").detail == "nothing touched matches docs/**"
+    globs = '["app/*.py", "README.md"]'
+    rep = run_preflight(scene, sshd, box, preflight_toml(scene.origin, **base, expect_files=globs))
+    c = check(rep, "git: files")
+    assert (c.status, c.detail) == (PASS, "3 paths touched, all within app/*.py, README.md")
+    assert c.facts["files"] == ["README.md", "app/one.py", "app/two.py"]
+
+
+def _rendezvous(me: str, other: str, d: Path, code: int) -> str:
+    """A test command that says it started, then waits (bounded by its own timeout) for the other."""
+    return f"touch {d}/{me}.started; while [ ! -e {d}/{other}.started ]; do sleep 0.05; done; exit {code}"
+
+
+def test_remote_checks_run_on_all_hosts_at_once(
+    scene: Scene, sshd: SshServer, box: Box, tmp_path: Path
+) -> None:
+    """Each host's test waits for the other's to have started: they pass only if both run at once.
+    One host after the other (workers=1, the old behaviour) the first waits in vain and times out."""
+    tests = "".join(
+        f'\n[[preflight.tests]]\nhost = "{h}"\nname = "meet"\ncmd = "{_rendezvous(h, o, tmp_path, 0)}"\n'
+        f'runner = "regex"\ntimeout = {t}\n'
+        for h, o, t in (("box", "idle", 60), ("idle", "box", 60))
+    )
+    toml = preflight_toml(scene.origin, test=None, health=None, same_head="false") + tests
+    rep = run_preflight(scene, sshd, box, toml)
+    assert statuses(rep)[-2:] == [("box: test meet", PASS), ("idle: test meet", PASS)], [
+        c.detail for c in rep.checks
+    ]
+
+    for f in tmp_path.glob("*.started"):
+        f.unlink()
+    toml = toml.replace("timeout = 60", "timeout = 3")
+    inv = inventory.load(write_inventory(scene.inventory, sshd, box, scene.box_path, toml))
+    s = preflight.settings(inv, repo=str(scene.laptop))
+    rep = preflight.Runner(inv, s, workers=1).run(preflight.plan(s, inv))
+    assert check(rep, "box: test meet").detail == "timed out after 3s (killed)"
+
+
+def test_the_first_failure_in_declaration_order_is_reported_though_another_host_failed_sooner(
+    scene: Scene, sshd: SshServer, box: Box, tmp_path: Path
+) -> None:
+    """box's test (declared first) fails only after idle's has started and failed at once."""
+    slow = _rendezvous("box", "idle", tmp_path, 1)
+    fast = f"touch {tmp_path}/idle.started; exit 2"
+    tests = (
+        f'\n[[preflight.tests]]\nhost = "box"\nname = "slow"\ncmd = "{slow}"\nrunner = "regex"\n'
+        "timeout = 60\n"
+        f'\n[[preflight.tests]]\nhost = "idle"\nname = "fast"\ncmd = "{fast}"\nrunner = "regex"\n'
+    )
+    toml = preflight_toml(scene.origin, test=None, health=None, same_head="false") + tests
+    rep = run_preflight(scene, sshd, box, toml)
+    assert statuses(rep)[-2:] == [("box: test slow", FAIL), ("idle: test fast", SKIP)]
+    assert check(rep, "box: test slow").detail == "exit 1"
+    assert check(rep, "idle: test fast").detail.startswith("not counted: stopped at 'box: test slow'")
+    assert rep.exit_code == 1
+
+
+def test_a_background_child_holding_stdout_does_not_turn_a_pass_into_a_timeout(
+    scene: Scene, sshd: SshServer, box: Box, tmp_path: Path
+) -> None:
+    pidfile = tmp_path / "holder.pid"
+    cmd = f"sleep 300 & echo $! > {pidfile}; {PYTEST}"
+    test = f'host = "box"\ncwd = "proj"\nname = "bg"\ncmd = "{cmd}"\nexpect_passed = 18\ntimeout = 60\n'
+    rep = run_preflight(scene, sshd, box, preflight_toml(scene.origin, test=test, health=None))
+    c = check(rep, "box: test bg")
+    assert c.status == PASS, c.detail
+    assert c.detail == (
+        "18/18 passed; a background process of the run still held its output after it exited: "
+        "its group was killed"
+    )
+    assert c.facts["lingering"] is True and c.duration < 50
+    holder = int(pidfile.read_text())
+    wait_until(lambda: not pid_alive(holder), timeout=10, message="the leftover sleep is gone")
+    # the twin: the command ITSELF still running at its timeout is a timeout
+    test = f'host = "box"\ncwd = "proj"\nname = "hang"\ncmd = "{PYTEST}; sleep 300"\ntimeout = 3\n'
+    rep = run_preflight(scene, sshd, box, preflight_toml(scene.origin, test=test, health=None))
+    assert check(rep, "box: test hang").detail == "timed out after 3s (killed)"
+
+
+def test_markdown_is_deterministic_and_a_red_run_is_red_from_its_first_line(
+    scene: Scene, sshd: SshServer, box: Box
+) -> None:
+    write_inventory(scene.inventory, sshd, box, scene.box_path, preflight_toml(scene.origin))
+    first, second = run_inv(scene, "--markdown"), run_inv(scene, "--markdown")
+    assert first.returncode == second.returncode == 0, first.stdout + first.stderr
+    assert first.stdout == second.stdout
+    (scene.laptop / "notes.txt").write_text("todo\n")
+    red = run_inv(scene, "--markdown", "--keep-going")
+    assert red.returncode == 1
+    lines = red.stdout.splitlines()
+    assert lines[2] == "**Pre-flight FAILED: 1 of 8 checks failed: not ready for review.**"
+    assert "- Working tree: **FAILED**: 1 uncommitted change: ?? notes.txt" in lines
+    assert lines[-1].startswith("**Pre-flight FAILED") and "passed." not in red.stdout

@@ -222,8 +222,9 @@ def test_verify_tree_fails_for_an_api_started_outside_the_daemon_and_names_its_p
         assert f"pid {hand.pid}" in c["detail"] and f"its parent is pid {os.getpid()}" in c["detail"]
         assert [o["pid"] for o in c["offenders"]] == [hand.pid]
         assert c["offenders"][0]["ppid"] == os.getpid()
-        # the health check cannot tell; the orphan check can
-        assert verify.health(s).ok
+        # an answer from a port held outside the daemon's tree is not the service's health
+        health = verify.health(s)
+        assert not health.ok and f"is held by pid {hand.pid}" in health.checks[0]["detail"]
         assert not verify.orphans(s, ["demo_api"]).ok
 
     out = rig.inv_json("verify.tree", "demo_api", code=1)

@@ -182,3 +182,76 @@ def test_git_missing_or_hanging_is_a_clear_error() -> None:
         Git("/r", runner=FakeRun(exc=FileNotFoundError("git"))).status()
     with pytest.raises(GitError, match="took longer than 3s"):
         Git("/r", timeout=3, runner=FakeRun(exc=subprocess.TimeoutExpired("git", 3))).status()
+
+
+# --- fetch, host state, globs (issue 16) ---------------------------------------------------------
+
+
+def test_the_base_remote_is_split_only_for_a_configured_remote() -> None:
+    from ops.gitinfo import split_remote_ref
+
+    assert split_remote_ref("origin/main", ["origin"]) == ("origin", "main")
+    assert split_remote_ref("refs/remotes/up/feat/x", ["origin", "up"]) == ("up", "feat/x")
+    assert split_remote_ref("team/a/main", ["team", "team/a"]) == ("team/a", "main")  # longest wins
+    assert split_remote_ref("parent-branch", ["origin"]) is None  # a stacked PR's local parent
+    assert split_remote_ref("feature/x", ["origin"]) is None
+    assert split_remote_ref("origin/", ["origin"]) is None
+
+
+def test_fetch_updates_only_the_base_tracking_ref_forced() -> None:
+    from ops.gitinfo import fetch_args
+
+    assert fetch_args("origin", "main") == [
+        "fetch", "--quiet", "--no-tags", "--no-recurse-submodules", "origin",
+        "+refs/heads/main:refs/remotes/origin/main",
+    ]
+
+
+def test_ref_time_is_read_from_the_reflog_selector() -> None:
+    from ops.gitinfo import parse_ref_time
+
+    assert parse_ref_time("refs/remotes/origin/main@{1714979289}\n") == 1714979289
+    assert parse_ref_time("") is None
+
+
+def test_host_state_is_head_then_status_and_caches_are_set_apart() -> None:
+    from ops.gitinfo import host_state_script, parse_host_state
+
+    assert host_state_script() == (
+        "git rev-parse --verify HEAD && git -c core.quotepath=off status --porcelain=v1 -z "
+        "--untracked-files=normal"
+    )
+    sha = "a" * 40
+    text = f"{sha}\n M app.py\0?? new file.txt\0?? pkg/__pycache__/\0?? x.pyc\0?? newpkg/\0"
+    assert parse_host_state(text) == (
+        sha,
+        ["M app.py", "?? new file.txt", "?? newpkg/"],
+        ["?? pkg/__pycache__/", "?? x.pyc"],
+    )
+    assert parse_host_state(f"{sha}\n") == (sha, [], [])
+    assert parse_host_state("fatal: not a git repository\n") == (None, [], [])
+
+
+def test_globs_keep_star_inside_a_directory_and_doublestar_across() -> None:
+    from ops.gitinfo import glob_regex, match_files
+
+    def hits(pattern: str, paths: list[str]) -> list[str]:
+        return [p for p in paths if glob_regex(pattern).match(p)]
+
+    paths = ["app/one.py", "app/sub/two.py", "README.md", "docs/a.md", "docs/x/b.md", "test_a.py"]
+    paths.append("t/test_b.py")
+    assert hits("app/*.py", paths) == ["app/one.py"]
+    assert hits("app/**", paths) == ["app/one.py", "app/sub/two.py"]
+    assert hits("**/test_*.py", paths) == ["test_a.py", "t/test_b.py"]
+    assert hits("docs/?.md", paths) == ["docs/a.md"]
+    assert hits("[RD]*", paths) == ["README.md"]
+    assert hits("README.md", paths) == ["README.md"]
+    assert match_files(["app/**", "README.md"], ["app/one.py", "README.md"]) == ([], [])
+    assert match_files(["app/**", "CHANGES.md"], ["app/one.py", "setup.py"]) == (["setup.py"], ["CHANGES.md"])
+
+
+def test_changed_files_count_both_sides_of_a_rename() -> None:
+    from ops.gitinfo import changed_files_args, parse_names
+
+    assert "--no-renames" in changed_files_args("mb") and "-z" in changed_files_args("mb")
+    assert parse_names("a.py\0dir/b c.py\0") == ["a.py", "dir/b c.py"]

@@ -12,7 +12,7 @@ import pytest
 
 from ops import inventory, preflight, report
 from ops.errors import InventoryError, Unreachable, UsageError
-from ops.gitinfo import Commit, DiffStat
+from ops.gitinfo import Commit, DiffStat, GitError
 from ops.inventory import Preflight, PreflightTest
 from ops.preflight import FAIL, PASS, SKIP, CheckResult, PreflightReport, Settings
 
@@ -279,6 +279,7 @@ def test_plan_is_git_then_checkouts_then_health_then_tests(tmp_path: Path) -> No
     inv = load(tmp_path, PF)
     s = Settings(**{**vars(preflight.settings(inv)), "same_head": True})
     assert [(c.name, c.kind, c.host, c.service) for c in preflight.plan(s, inv)] == [
+        ("git: fetch", "git.fetch", None, None),
         ("git: base", "git.base", None, None),
         ("git: commits", "git.commits", None, None),
         ("git: clean", "git.clean", None, None),
@@ -296,7 +297,7 @@ def test_plan_is_git_then_checkouts_then_health_then_tests(tmp_path: Path) -> No
 def test_plan_without_clean_or_remote_checks(tmp_path: Path) -> None:
     inv = load(tmp_path, "[preflight]\nclean = false\n")
     names = [c.name for c in preflight.plan(preflight.settings(inv), inv)]
-    assert names == ["git: base", "git: commits", "git: diff"]
+    assert names == ["git: fetch", "git: base", "git: commits", "git: diff"]
 
 
 # --- verdicts -----------------------------------------------------------------------------------
@@ -422,6 +423,24 @@ class FakeGit:
     def exists(self, rev):
         return rev == "0dd0dd0"
 
+    fetched: list = []
+    fetch_error: str | None = None
+    paths: list = ["app/one.py"]
+
+    def remotes(self):
+        return ["origin"]
+
+    def fetch(self, remote, branch, timeout):
+        if self.fetch_error:
+            raise GitError(self.fetch_error)
+        self.fetched = [*self.fetched, (remote, branch)]
+
+    def last_sync(self, remote, branch):
+        return 1_000_000 if (remote, branch) == ("origin", "main") else None
+
+    def changed_files(self, a, b):
+        return self.paths
+
 
 def fake_connect(unreachable: set[str]):
     @contextmanager
@@ -434,11 +453,13 @@ def fake_connect(unreachable: set[str]):
     return connect
 
 
-def runner(tmp_path: Path, text: str, git: FakeGit, unreachable=frozenset(), **flags):
+def runner(tmp_path: Path, text: str, git: FakeGit, unreachable=frozenset(), with_fetch=False, **flags):
+    """A Runner on fakes and its plan (without the `git: fetch` check unless asked: most tests here
+    are about the checks after it)."""
     inv = load(tmp_path, text)
     s = preflight.settings(inv, **flags)
-    r = preflight.Runner(inv, s, git=git, connect_fn=fake_connect(set(unreachable)))
-    return r, preflight.plan(s, inv)
+    r = preflight.Runner(inv, s, git=git, connect_fn=fake_connect(set(unreachable)), clock=lambda: 1_003_725)
+    return r, [c for c in preflight.plan(s, inv) if with_fetch or c.kind != "git.fetch"]
 
 
 def test_git_checks_pass_with_their_facts(tmp_path: Path) -> None:
@@ -593,7 +614,11 @@ def test_markdown_of_a_failed_run_says_so() -> None:
         "  - panda: ``python -m pytest `x` -q`` (in `services/tts`) — **FAILED**: 39/40 passed, 1 failed;"
         in text
     )
-    assert "  - panda: phone — not run\n" in text
+    assert "  - panda: phone — skipped\n" in text
+    # red in its first lines too: a paste of only the top cannot look green
+    assert text.startswith(
+        "## Verification\n\n**Pre-flight FAILED: 1 of 6 checks failed, 1 not run: not ready for review.**\n\n"
+    )
     assert text.endswith(
         "**Pre-flight FAILED: 1 of 6 checks failed, 1 not run. First failure: panda: test tts: "
         "39/40 passed, 1 failed; exit 1; expected 40 passed**\n"
@@ -637,12 +662,16 @@ def test_describe_says_what_each_planned_check_verifies(tmp_path: Path) -> None:
     s = Settings(**{**vars(preflight.settings(inv, cwd="/src")), "same_head": True})
     described = [(c.name, preflight.describe(c, s, inv)) for c in preflight.plan(s, inv)]
     assert described == [
+        (
+            "git: fetch",
+            "fetch origin/main from its remote first (a local branch or a commit id: nothing to fetch)",
+        ),
         ("git: base", "origin/main names a commit in /src; report ahead/behind and the merge base"),
         ("git: commits", "exactly 2 commits ahead; contains a1b2c3d, 9988776"),
         ("git: clean", "no uncommitted or untracked files"),
         ("git: diff", "diff stat from the merge base: files <= 15"),
-        ("panda: checkout", "~/her-os is at the local HEAD"),
-        ("pi: checkout", "/srv/app is at the local HEAD"),
+        ("panda: checkout", "~/her-os is at the local HEAD, with a clean tree (untracked files included)"),
+        ("pi: checkout", "/srv/app is at the local HEAD, with a clean tree (untracked files included)"),
         ("panda: health phone", "phone running; no health check declared; last log line"),
         ("panda: health tts", "tts running; no health check declared; last log line"),
         ("pi: health tts", "tts running; no health check declared; last log line"),
@@ -662,7 +691,232 @@ def test_dry_run_plan_renders_without_running(tmp_path: Path) -> None:
     )
     lines = out.getvalue().splitlines()
     assert lines[0] == "pre-flight plan (nothing run)"
-    assert lines[2].startswith("1  git: base  ") and lines[2].endswith(
+    assert lines[2].startswith("1   git: fetch  ") and lines[3].endswith(
         "origin/main names a commit in /src; report ahead/behind and the merge base"
     )
     assert len(lines) == 2 + len(preflight.plan(s, inv))
+
+
+# --- fetch, diff minimums, expect_files, host checkout, parallel hosts (fakes) ---------------------
+
+
+def test_the_base_is_fetched_from_its_remote_first(tmp_path: Path) -> None:
+    git = FakeGit()
+    r, checks = runner(tmp_path, "", git, with_fetch=True)
+    rep = r.run(checks)
+    assert git.fetched == [("origin", "main")]
+    assert (rep.checks[0].name, rep.checks[0].status) == ("git: fetch", PASS)
+    assert rep.checks[0].detail == "fetched main from origin: origin/main at bbbbbbb (unchanged)"
+
+
+def test_no_fetch_passes_and_shows_the_age_of_the_local_ref(tmp_path: Path) -> None:
+    git = FakeGit()
+    r, checks = runner(tmp_path, "", git, with_fetch=True, fetch=False)
+    c = r.run(checks).checks[0]
+    assert git.fetched == []
+    assert (c.status, c.detail) == (
+        PASS,
+        "not fetched (--no-fetch): origin/main at bbbbbbb, last fetched 1h02m ago",
+    )
+
+
+def test_a_failed_fetch_fails_and_points_at_no_fetch(tmp_path: Path) -> None:
+    git = FakeGit()
+    git.fetch_error = "`git fetch` failed (exit 128): fatal: could not read from remote repository"
+    r, checks = runner(tmp_path, "", git, with_fetch=True)
+    rep = r.run(checks)
+    assert rep.checks[0].status == FAIL and rep.exit_code == 1
+    assert rep.checks[0].detail.startswith("cannot fetch main from origin: `git fetch` failed")
+    advice = rep.checks[0].facts["advice"]
+    assert "--no-fetch" in advice and "last fetched 1h02m ago" in advice
+    assert {c.status for c in rep.checks[1:]} == {SKIP}
+
+
+def test_a_local_base_has_nothing_to_fetch(tmp_path: Path) -> None:
+    git = FakeGit()
+    r, checks = runner(tmp_path, "", git, with_fetch=True, base="parent-branch")
+    c = r.run(checks).checks[0]
+    assert git.fetched == [] and c.status == PASS and "nothing to fetch" in c.detail
+
+
+def test_diff_minimums_fail_an_empty_or_tiny_diff(tmp_path: Path) -> None:
+    s = Settings(repo=".", base="b", min_files=2, min_insertions=10, max_insertions=100)
+    assert preflight.judge_bounds(DiffStat(0, 0, 0), s) == ["0 files < min 2", "0 insertions < min 10"]
+    assert preflight.judge_bounds(DiffStat(2, 10, 0), s) == []
+    r, checks = runner(tmp_path, "[preflight]\nmin_files = 3\n", FakeGit())
+    c = r.run(checks).checks[3]
+    assert (c.name, c.status) == ("git: diff", FAIL)
+    assert c.detail == "2 files changed, 30 insertions(+), 4 deletions(-): 2 files < min 3"
+    r, checks = runner(tmp_path, "[preflight]\nmin_files = 2\n", FakeGit())
+    assert r.run(checks).checks[3].status == PASS
+
+
+def test_a_minimum_above_its_maximum_is_refused(tmp_path: Path) -> None:
+    msg = fails(tmp_path, "[preflight]\nmin_files = 5\nmax_files = 2\n")
+    assert "[preflight.min_files] is 5, more than max_files = 2" in msg
+
+
+def test_expect_files_pass_only_for_these_paths_and_all_of_them(tmp_path: Path) -> None:
+    globs = '["app/**", "README.md", "docs/*.md"]'
+    git = FakeGit()
+    git.paths = ["app/one.py", "app/sub/two.py", "README.md", "docs/usage.md"]
+    r, checks = runner(tmp_path, f"[preflight]\nexpect_files = {globs}\n", git)
+    c = r.run(checks).checks[4]
+    assert (c.name, c.status) == ("git: files", PASS)
+    assert c.detail == "4 paths touched, all within app/**, README.md, docs/*.md"
+    git.paths = ["app/one.py", "README.md", "docs/sub/deep.md", "setup.py"]
+    r, checks = runner(tmp_path, f"[preflight]\nexpect_files = {globs}\n", git)
+    c = r.run(checks).checks[4]
+    assert c.status == FAIL
+    assert c.detail == "2 unexpected paths: docs/sub/deep.md, setup.py; nothing touched matches docs/*.md"
+    assert c.facts["stray"] == ["docs/sub/deep.md", "setup.py"] and c.facts["unused"] == ["docs/*.md"]
+
+
+def test_expect_files_must_be_relative_globs(tmp_path: Path) -> None:
+    assert "is not a path glob relative to the repository" in fails(
+        tmp_path, '[preflight]\nexpect_files = ["/etc/passwd"]\n'
+    )
+
+
+class FakeSession:
+    """A host's agent for the runner: exec answers from a function of (host, args)."""
+
+    def __init__(self, host: str, answer) -> None:
+        self.host, self.answer = host, answer
+
+    def call(self, op, args=None, on_event=None, timeout=None):
+        assert op == "exec"
+        return self.answer(self.host, args)
+
+
+def connect_to(answer):
+    @contextmanager
+    def connect(inv, host):
+        yield FakeSession(host.name, answer)
+
+    return connect
+
+
+def exec_result(code: int = 0, stdout: str = "", stderr: str = "", **more) -> dict:
+    return {"exit_code": code, "stdout": stdout, "stderr": stderr, "timed_out": False, "duration": 0.1,
+            **more}
+
+
+def test_the_host_checkout_must_be_at_head_and_clean(tmp_path: Path) -> None:
+    text = '[preflight]\nsame_head = true\n[[preflight.tests]]\nhost = "pi"\ncmd = "pytest -q"\n'
+    inv = load(tmp_path, text)
+    s = preflight.settings(inv)
+    dirty = HEAD + "\n" + " M tests/test_x.py\0?? notes.txt\0?? app/__pycache__/\0"
+    seen = []
+    host_state = {"out": ""}
+
+    def answer(host, args):
+        seen.append(args)
+        if args["cmd"] != "pytest -q":
+            return exec_result(0, host_state["out"])
+        return exec_result(0, "3 passed in 0.1s\n")
+
+    for out, ok, detail in (
+        (
+            dirty,
+            False,
+            "the checkout /srv/app has 2 uncommitted changes: M tests/test_x.py, ?? notes.txt: the remote "
+            "checks would run uncommitted code: commit or discard the changes on the host "
+            "(`git -C /srv/app status`), then deploy the branch",
+        ),
+        (
+            HEAD + "\n" + "?? app/__pycache__/\0",
+            True,
+            "/srv/app is at ccccccc, the local HEAD; tree clean (1 untracked bytecode caches ignored)",
+        ),
+        (
+            BASE + "\n",
+            False,
+            "the checkout /srv/app is at bbbbbbb, this branch is at ccccccc: deploy the branch first",
+        ),
+    ):
+        host_state["out"] = out
+        r = preflight.Runner(inv, s, git=FakeGit(), connect_fn=connect_to(answer))
+        checks = [c for c in preflight.plan(s, inv) if c.kind != "git.fetch"]
+        c = r.run(checks).checks[4]
+        assert (c.name, c.status, c.detail) == ("pi: checkout", PASS if ok else FAIL, detail)
+    head_call = seen[0]
+    assert head_call["cwd"] == "/srv/app"
+    assert "status --porcelain=v1 -z --untracked-files=normal" in head_call["cmd"]
+    assert head_call["env"]["GIT_OPTIONAL_LOCKS"] == "0"
+    # the agent is given the host's services, whose secrets it redacts from the output
+    assert [x["name"] for x in head_call["all_services"]] == ["tts"] and head_call["base"] == "/srv/app"
+
+
+def test_remote_checks_run_on_all_hosts_at_once_and_the_first_declared_failure_is_reported(
+    tmp_path: Path,
+) -> None:
+    """panda's test is declared first but fails LAST: it waits for pi's test, which fails at once.
+    Run one host after the other, panda's test would wait in vain (the twin below)."""
+    import threading
+
+    text = (
+        '[preflight]\n[[preflight.tests]]\nhost = "panda"\ncmd = "slow"\n'
+        '[[preflight.tests]]\nhost = "pi"\ncmd = "fast"\n[[preflight.tests]]\nhost = "pi"\ncmd = "after"\n'
+    )
+    inv = load(tmp_path, text)
+    s = preflight.settings(inv)
+
+    def make_answer():
+        pi_ran = threading.Event()
+
+        def answer(host, args):
+            if args["cmd"] == "fast":
+                pi_ran.set()
+                return exec_result(1, "1 failed in 0.1s\n")
+            if args["cmd"] == "slow":
+                met = pi_ran.wait(timeout=5)
+                return exec_result(1, "2 failed in 0.1s\n" if met else "", "" if met else "never met pi")
+            return exec_result(0, "1 passed in 0.1s\n")
+
+        return answer
+
+    checks = [c for c in preflight.plan(s, inv) if c.kind != "git.fetch"]
+    rep = preflight.Runner(inv, s, git=FakeGit(), connect_fn=connect_to(make_answer())).run(checks)
+    assert [(c.name, c.status) for c in rep.checks][4:] == [
+        ("panda: test slow", FAIL),
+        ("pi: test fast", SKIP),
+        ("pi: test after", SKIP),
+    ]
+    assert rep.checks[4].detail == "0/2 passed, 2 failed; exit 1"  # met pi: they ran at the same time
+    assert rep.checks[5].detail == (
+        "not counted: stopped at 'panda: test slow' (--keep-going runs every check); "
+        "it ran alongside: fail: 0/1 passed, 1 failed; exit 1"
+    )
+    assert rep.checks[6].detail == "not run: stopped at 'panda: test slow' (--keep-going runs every check)"
+    assert report.preflight_markdown_text(rep).count("skipped") == 2
+    # one host after the other: panda's test never meets pi's
+    seq = preflight.Runner(inv, s, git=FakeGit(), connect_fn=connect_to(make_answer()), workers=1)
+    assert seq.run(checks).checks[4].detail.startswith("exit 1, no pytest summary line in the output")
+
+
+def test_a_failed_run_keeps_a_bounded_tail_of_bounded_lines() -> None:
+    out = "\n".join(f"line {i}" for i in range(100)) + "\n" + "x" * 5000 + "\n1 failed in 0.1s\n"
+    o = preflight.judge_test(pytest_test(), run(1, out))
+    assert len(o.output) == preflight.OUTPUT_TAIL and o.output[-1] == "1 failed in 0.1s"
+    assert o.output[-2] == "x" * preflight.OUTPUT_LINE + " [...]"
+
+
+def test_the_new_preflight_keys_parse_and_have_defaults(tmp_path: Path) -> None:
+    assert (Preflight().fetch, Preflight().min_files, Preflight().expect_files, Preflight().body) == (
+        True, None, (), None
+    )
+    inv = load(
+        tmp_path,
+        '[preflight]\nfetch = false\nmin_files = 1\nmin_insertions = 10\nmin_deletions = 0\n'
+        'expect_files = ["src/**", "README.md"]\nbody = "docs/pr-template.md"\n',
+    )
+    p = inv.preflight
+    assert (p.fetch, p.min_files, p.min_insertions, p.min_deletions) == (False, 1, 10, 0)
+    assert p.expect_files == ("src/**", "README.md") and p.body == "docs/pr-template.md"
+    s = preflight.settings(inv)
+    assert (s.fetch, s.min_files, s.body) == (False, 1, "docs/pr-template.md")
+    assert s.expect_files == ("src/**", "README.md")
+    assert preflight.settings(inv, fetch=True).fetch is True  # the flag wins
+    assert "[preflight.body] must not be empty" in fails(tmp_path, '[preflight]\nbody = " "\n')
+    assert "[preflight.fetch] must be" in fails(tmp_path, '[preflight]\nfetch = "no"\n')

@@ -577,7 +577,9 @@ def test_descendants_finds_grandchild_and_tree_lines_renders_it(spawn):
 
     def grandchild():
         table = procs.snapshot()
-        found = [p for p in procs.descendants(table, shell.pid) if marker in p.cmdline]
+        # the python itself, not the forked sh that has not exec'd it yet (same cmdline)
+        found = [p for p in procs.descendants(table, shell.pid)
+                 if marker in p.cmdline and p.argv[:1] == (sys.executable,)]
         return found and (table, found[0])
 
     table, gc = wait_for(grandchild, what="the grandchild")

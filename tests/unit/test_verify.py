@@ -368,14 +368,14 @@ def test_tree_and_orphans_fail_for_a_child_left_behind_by_a_dead_supervisor() ->
     assert o["offenders"][0]["reason"] == (
         "its supervisor daemon is not running; re-parented to init (ppid 1): an orphan"
     )
-    assert ch.orphans(SUP) == {
+    sup = ch.orphans(SUP)
+    assert {k: v for k, v in sup.items() if k != "elapsed"} == {
         "name": "orphans",
         "service": "daemon",
         "ok": True,
         "detail": "none running",
-        "elapsed": 0.0,
         "offenders": [],
-    } | {"elapsed": o["elapsed"]}
+    }
 
 
 def test_tree_of_a_top_level_service_fails_when_a_second_copy_runs_elsewhere() -> None:
