@@ -66,7 +66,10 @@ class AgentSession:
         for _ in range(3):
             ch = self.transport.channel(agentpkg.run_command(self.python, b, resolved))
             if resolved:
-                ch.send(json.dumps({"env": env}, separators=(",", ":")).encode() + b"\n")
+                try:
+                    ch.send(json.dumps({"env": env}, separators=(",", ":")).encode() + b"\n")
+                except TransportError:
+                    pass  # the command ended first (no agent here yet: it said need-agent)
             # the interpreter's start-up (and the login shell's rc files) must not take long
             line = ch.read_line(time.monotonic() + min(self.timeout, AGENT_START_TIMEOUT))
             if line is None:
