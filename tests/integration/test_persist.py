@@ -5,6 +5,8 @@ another version never attaches; --no-persist and `inv disconnect` leave nothing 
 
 from __future__ import annotations
 
+import ast
+import json
 import os
 import signal
 import subprocess
@@ -213,3 +215,42 @@ def test_the_runtime_dir_must_be_private(tmp_path, monkeypatch):
         persist.runtime_dir()
     (base / "ops").chmod(0o700)
     assert persist.runtime_dir() == base / "ops"
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.access("/usr/bin/python3", os.X_OK),
+                    reason="needs root (to connect as another user) and /usr/bin/python3")
+def test_the_holder_answers_only_peers_of_its_own_uid(tmp_path):
+    """Even on a socket another user can reach, the holder says nothing to a peer of another uid
+    (SO_PEERCRED); the same request from this uid is answered (the twin)."""
+    import shutil
+    import tempfile
+    import threading
+
+    from ops import holder
+
+    d = Path(tempfile.mkdtemp(prefix="ops-peercred-", dir="/tmp"))  # reachable by another user
+    d.chmod(0o777)
+    path = d / "holder.sock"
+    h = holder.Holder(str(path))
+    t = threading.Thread(target=h.run, args=(None,), daemon=True)
+    t.start()
+    try:
+        wait_until(path.exists, 10, message="the holder listens")
+        path.chmod(0o777)  # as if the directory did not protect it
+        request = '{"op": "attach", "key": "k", "version": "v"}\n'
+        ask = ("import socket, sys\ns = socket.socket(socket.AF_UNIX); s.settimeout(10)\n"
+               "s.connect(sys.argv[1]); s.sendall(sys.argv[2].encode())\n"
+               "try:\n    print(repr(s.recv(1000)))\nexcept ConnectionResetError:\n    print(repr(b''))\n")
+        other = subprocess.run(["/usr/bin/python3", "-c", ask, str(path), request], user=65534,
+                               capture_output=True, text=True, timeout=30, cwd="/")
+        assert other.returncode == 0, other.stderr
+        assert other.stdout.strip() == "b''"  # closed without a word
+        mine = subprocess.run([sys.executable, "-c", ask, str(path), request], capture_output=True, text=True,
+                              timeout=30)
+        assert mine.returncode == 0, mine.stderr
+        answer = json.loads(ast.literal_eval(mine.stdout.strip()))
+        assert answer == {"ok": False, "why": "another agent version"}
+    finally:
+        h.quit.set()
+        t.join(15)
+        shutil.rmtree(d, ignore_errors=True)
