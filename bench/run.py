@@ -9,7 +9,7 @@ and min–max of each and the ratio against the baseline as Markdown tables, and
 process it started (services, agents, sshd) even on Ctrl-C. ``--write`` puts the output into
 bench/RESULTS.md between its markers; the analysis around them is written by hand.
 
-Cases: deploy, phase, gate, restart, fanout, startup (default: all, in that order).
+Cases: deploy, phase, gate, restart, fanout, startup, warm, agentcpu (default: all, in that order).
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import stats  # noqa: E402
-from bench.cases import deploy, fanout, gate, phase, restart, startup  # noqa: E402
+from bench.cases import agentcpu, deploy, fanout, gate, phase, restart, startup, warm  # noqa: E402
 from bench.rig import BENCH_DIR, BenchError, Rig, machine  # noqa: E402
 
-CASES = {m.NAME: m for m in (deploy, phase, gate, restart, fanout, startup)}
+CASES = {m.NAME: m for m in (deploy, phase, gate, restart, fanout, startup, warm, agentcpu)}
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 
 

@@ -32,12 +32,47 @@ class AgentSession:
         self.broken: str | None = None  # why the channel must not be used again
 
     def start(self) -> dict[str, Any]:
+        """Run the agent, with the interpreter the host's ``python`` resolved to last time when it
+        is known (ops/hostcache.py); a start that fails that way forgets it and starts again with
+        ``python`` itself."""
+        from ops import hostcache
+
+        if getattr(self.transport, "held", False):  # a held agent (ops/persist.py): already running
+            return self._start(None, None)
+        k = hostcache.key(self.host_name, self.transport.describe(), self.python)
+        known = hostcache.load(k)
+        resolved, env = known.get("python"), known.get("env")
+        if not isinstance(resolved, str) or not isinstance(env, dict):
+            resolved = None
+        try:
+            hello = self._start(resolved, env)
+        except AgentError:
+            if not resolved:
+                raise
+            hostcache.forget(k)
+            resolved = None
+            hello = self._start(None, None)
+        exe, delta = hello.get("executable"), hello.get("env_delta")
+        if resolved is None:  # started the configured way: remember how to skip the wrapper
+            if isinstance(exe, str) and exe.startswith("/") and isinstance(delta, dict):
+                hostcache.remember(k, python=exe, env=delta)
+            else:
+                hostcache.forget(k)  # no login environment to compare with: keep the wrapper
+        return hello
+
+    def _start(self, resolved: str | None, env: dict[str, Any] | None) -> dict[str, Any]:
         """Run the agent; ship it first if the host does not have this version, and ship it again
         (once) if the copy there is damaged (python ran but no hello, or a hello of another
-        version)."""
+        version). Started by its resolved path, it first reads the wrapper's environment ``env``
+        on stdin (ops/agent/loginenv.py)."""
         b = agentpkg.bundle()
         for _ in range(3):
-            ch = self.transport.channel(agentpkg.run_command(self.python, b))
+            ch = self.transport.channel(agentpkg.run_command(self.python, b, resolved))
+            if resolved:
+                try:
+                    ch.send(json.dumps({"env": env}, separators=(",", ":")).encode() + b"\n")
+                except TransportError:
+                    pass  # the command ended first (no agent here yet: it said need-agent)
             # the interpreter's start-up (and the login shell's rc files) must not take long
             line = ch.read_line(time.monotonic() + min(self.timeout, AGENT_START_TIMEOUT))
             if line is None:

@@ -58,6 +58,7 @@ from ops.schema import (  # noqa: F401 (VERIFY_CHECKS and the key tables are re-
     READY_KEYS,
     SERVICE_KEYS,
     SSH_KEYS,
+    SSH_TRANSPORTS,
     TOP_KEYS,
     UNIT_SCOPES,
     VERIFY_CHECKS,
@@ -110,6 +111,11 @@ def parse(data: Mapping[str, Any], path: str, base_dir: Path | None = None) -> I
 
     ssh = dict(data.get("ssh", {}))
     ctx.check_table("ssh", ssh, SSH_KEYS)
+    if ssh.get("persist", 0) < 0:
+        raise ctx.fail("ssh", f"key 'persist' must be 0 (off) or a number of seconds, got {ssh['persist']}")
+    if ssh.get("transport", "paramiko") not in SSH_TRANSPORTS:
+        raise ctx.fail("ssh", f"key 'transport' must be one of {', '.join(map(repr, SSH_TRANSPORTS))}, "
+                              f"got {ssh['transport']!r}")
     defaults = dict(data.get("defaults", {}))
     ctx.check_table("defaults", defaults, DEFAULT_KEYS)
     values.defaults(ctx.fail, defaults)
@@ -179,6 +185,8 @@ def parse(data: Mapping[str, Any], path: str, base_dir: Path | None = None) -> I
         ssh_config=_expand_local(ssh["config"], base) if "config" in ssh else None,
         known_hosts=_expand_local(ssh["known_hosts"], base) if "known_hosts" in ssh else None,
         preflight=preflight,
+        persist=float(ssh.get("persist", 0)),
+        transport=ssh.get("transport", "paramiko"),
     )
 
 

@@ -261,6 +261,8 @@ class Inventory:
     ssh_config: str | None = None
     known_hosts: str | None = None
     preflight: Preflight = field(default_factory=lambda: Preflight())  # [preflight], parsed below
+    persist: float = 0.0  # [ssh] persist: seconds a host's connection and agent are held after a task
+    transport: str = "paramiko"  # [ssh] transport: "paramiko" or "openssh" (the system ssh binary)
 
     def host(self, name: str) -> Host:
         return self.hosts[name]

@@ -82,6 +82,8 @@ TOP_KEYS: dict[str, Checker] = {
     "hooks": _is_table,
 }
 SSH_KEYS: dict[str, Checker] = {"config": _is_str, "known_hosts": _is_str}
+SSH_KEYS.update(persist=_is_num, transport=_is_str)  # the warm path (ops/persist.py), issue 18
+SSH_TRANSPORTS = ("paramiko", "openssh")
 DEFAULT_KEYS: dict[str, Checker] = {
     "ready_timeout": _is_num,
     "stop_timeout": _is_num,

@@ -18,6 +18,12 @@ from ops.cli import task
 HOST_HELP = "host name, comma list, group, or 'all' (default: the only host)"
 SERVICE_HELP = "a service name (repeatable, or comma list); default: all services of the host"
 JSON_HELP = "print JSON instead of a table"
+NO_PERSIST_HELP = "neither use nor keep a held connection ([ssh] persist in hosts.toml)"
+
+
+def _no_persist(flag: bool) -> None:
+    if flag:
+        os.environ["OPS_NO_PERSIST"] = "1"  # read by ops.persist, in this process only
 
 
 def _inventory(c: Any = None):
@@ -55,16 +61,28 @@ def errors_to_exit(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from ops import fastexit
         from ops.errors import OpsError
-        from ops.report import Reporter
 
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
         except OpsError as exc:
+            from ops.report import Reporter
+
             Reporter().error(exc)
+            fastexit.done(exc.exit_code)
             raise Exit(code=exc.exit_code) from None
         except KeyboardInterrupt:
+            fastexit.done(130)
             raise Exit("interrupted", code=130) from None
+        except Exit as exc:
+            fastexit.done(exc.code if isinstance(exc.code, int) else 1)
+            raise
+        except BaseException:
+            fastexit.cancel()  # a bug: Python reports it the usual way
+            raise
+        fastexit.done(0)
+        return result
 
     return wrapper
 
@@ -92,11 +110,13 @@ def hosts(c, json=False):
         "service": SERVICE_HELP,
         "json": JSON_HELP,
         "no-health": "skip the HTTP health checks",
+        "no-persist": NO_PERSIST_HELP,
     },
 )
 @errors_to_exit
-def status(c, host=None, service=None, json=False, no_health=False):
+def status(c, host=None, service=None, json=False, no_health=False, no_persist=False):
     """Show each service's state, pid, uptime, port holder and health."""
+    _no_persist(no_persist)
     from ops import control
     from ops.inventory import resolve_hosts
     from ops.report import Reporter, choose_format
@@ -141,27 +161,31 @@ def _phase(phase: str, host: str | None, service: list[str] | None, as_json: boo
 
 LOCK_WAIT_HELP = ("seconds to wait while another operation (deploy, start, stop...) holds the host "
                   "(default 0: refuse at once, exit 4)")
-PHASE_HELP = {"host": HOST_HELP, "service": SERVICE_HELP, "json": JSON_HELP, "lock-wait": LOCK_WAIT_HELP}
+PHASE_HELP = {"host": HOST_HELP, "service": SERVICE_HELP, "json": JSON_HELP, "lock-wait": LOCK_WAIT_HELP,
+              "no-persist": NO_PERSIST_HELP}
 
 
 @task(dry="refuse", iterable=["service"], help=PHASE_HELP)
 @errors_to_exit
-def start(c, host=None, service=None, json=False, lock_wait="0"):
+def start(c, host=None, service=None, json=False, lock_wait="0", no_persist=False):
     """Start services in dependency order; each passes its gates or is rolled back."""
+    _no_persist(no_persist)
     _phase("start", host, service, json, number(lock_wait, "lock-wait"))
 
 
 @task(dry="refuse", iterable=["service"], help=PHASE_HELP)
 @errors_to_exit
-def stop(c, host=None, service=None, json=False, lock_wait="0"):
+def stop(c, host=None, service=None, json=False, lock_wait="0", no_persist=False):
     """Stop services (supervisors first), escalate to KILL, sweep orphans, prove none left."""
+    _no_persist(no_persist)
     _phase("stop", host, service, json, number(lock_wait, "lock-wait"))
 
 
 @task(dry="refuse", iterable=["service"], help=PHASE_HELP)
 @errors_to_exit
-def restart(c, host=None, service=None, json=False, lock_wait="0"):
+def restart(c, host=None, service=None, json=False, lock_wait="0", no_persist=False):
     """Stop then start services, with the same gates as start."""
+    _no_persist(no_persist)
     _phase("restart", host, service, json, number(lock_wait, "lock-wait"))
 
 
@@ -197,7 +221,8 @@ def logs(c, service, host=None, n="50", follow=False, json=False):
             control.follow(session, svc, rep.follow_line)
 
 
-UNIT_HELP = {**PHASE_HELP, "now": "also start (enable) / stop (disable) it now, with the same gates"}
+_UNIT_BASE_HELP = {k: v for k, v in PHASE_HELP.items() if k != "no-persist"}
+UNIT_HELP = {**_UNIT_BASE_HELP, "now": "also start (enable) / stop (disable) it now, with the same gates"}
 
 
 def _unit_phase(phase: str, host: str | None, service: list[str] | None, as_json: bool, lock_wait: str = "0",
@@ -248,7 +273,7 @@ def disable(c, host=None, service=None, now=False, json=False, lock_wait="0"):
 
 
 @task(dry="plan", iterable=["service"],
-      help={**PHASE_HELP, "dry-run": "print the unit files that would be written; change nothing"})
+      help={**_UNIT_BASE_HELP, "dry-run": "print the unit files that would be written; change nothing"})
 @errors_to_exit
 def persist(c, host=None, service=None, dry_run=False, json=False, lock_wait="0"):
     """Write a systemd unit for tool-run services, enable it: they come back after a reboot."""
@@ -270,6 +295,7 @@ DEPLOY_HELP = {
     "allow-dirty": "deploy HEAD even if the working tree has uncommitted changes",
     "ref": "the commit, branch or tag to deploy (default HEAD)",
     "json": JSON_HELP,
+    "no-persist": NO_PERSIST_HELP,
 }
 
 
@@ -300,8 +326,9 @@ def _deploy(host, json, rollback_only=False, **opts):
 @task(dry="plan", help=DEPLOY_HELP)
 @errors_to_exit
 def deploy(c, host=None, dry_run=False, no_rollback=False, lock_wait="0", serial="0", max_fail="",
-           allow_dirty=False, ref="HEAD", json=False):
+           allow_dirty=False, ref="HEAD", json=False, no_persist=False):
     """Deploy: lock, deliver code, purge caches, ordered stop/start, verify, roll back on failure."""
+    _no_persist(no_persist)
     _deploy(host, json, dry_run=dry_run, rollback=not no_rollback,
             lock_wait=number(lock_wait, "lock-wait"),
             serial=number(serial, "serial", whole=True) or None,
@@ -352,7 +379,20 @@ def journal(c, host=None, n="20", json=False):
             report.journal(rep, h.name, dep.journal(session, number(n, "n", whole=True)))
 
 
-for t in (deploy, rollback, unlock, journal):
+@task(auto_shortflags=False)
+@errors_to_exit
+def disconnect(c):
+    """Close every connection and agent held for reuse ([ssh] persist in hosts.toml)."""
+    from ops import persist
+    from ops.report import Reporter, choose_format
+
+    rep = Reporter(choose_format(False))
+    closed = persist.disconnect_all()
+    n = sum(int(h.get("closed") or 0) for h in closed)
+    rep.line(f"closed {n} held connection{'s' if n != 1 else ''}" if closed else "nothing was held")
+
+
+for t in (deploy, rollback, unlock, journal, disconnect):
     ns.add_task(t)
 
 

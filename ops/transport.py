@@ -557,4 +557,8 @@ def _close_hops(conn) -> None:
 
 
 def for_host(host: Host, inventory: Inventory) -> LocalTransport | SSHTransport:
+    if not host.local and getattr(inventory, "transport", "paramiko") == "openssh":
+        from ops.openssh import OpenSSHTransport  # [ssh] transport = "openssh" (issue 18)
+
+        return OpenSSHTransport(host, inventory)  # type: ignore[return-value]
     return LocalTransport(host) if host.local else SSHTransport(host, inventory)

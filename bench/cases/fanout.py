@@ -1,4 +1,5 @@
-"""Case 5: fan-out. `inv deploy --host all` to 1, 10 and 30 inventory hosts that share the
+"""Case 5: fan-out. `inv deploy --host all` and `inv status --host all` to 1, 10, 30 and 60
+inventory hosts that share the
 loopback sshd (each its own ssh alias, checkout, state dir and service), alternated round by round,
 each round deploying a fresh commit.
 
@@ -17,6 +18,7 @@ during each run (/proc/stat), against the wall time and the number of cores.
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -25,9 +27,9 @@ from bench import stats
 from bench.rig import REPO_ROOT, HostSpec, Rig, cpu_seconds
 
 NAME = "fanout"
-TITLE = "fan-out: deploy to 1, 10, 30 hosts sharing the loopback sshd"
+TITLE = "fan-out: deploy and status to 1, 10, 30, 60 hosts sharing the loopback sshd"
 RUNS = 4
-SIZES = (1, 10, 30)
+SIZES = (1, 10, 30, 60)
 # exactly what the `inv` script runs
 INV = [sys.executable, "-m", "invoke"]
 
@@ -76,20 +78,29 @@ def run(rig: Rig, runs: int | None, warmup: int) -> stats.CaseResult:
         return time.perf_counter() - t
 
     what = {f"inv deploy, {n} host(s)": ("inv", n) for n in SIZES}
+    what.update({f"inv status, {n} host(s)": ("status", n) for n in SIZES})
     what.update({f"{n} x `ssh host true` in parallel": ("ssh", n) for n in SIZES})
     labels = list(what)
     samples: dict[str, list[float]] = {k: [] for k in labels}
     cpu: dict[str, list[float]] = {k: [] for k in labels}
+    client: dict[str, list[float]] = {k: [] for k in labels}
+
+    def children_cpu() -> float:
+        r = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return r.ru_utime + r.ru_stime
     rnd = 0
     for label, warm in stats.alternation(labels, runs, warmup):
         kind, n = what[label]
         if label == labels[0]:
             rnd += 1
             rig.new_commit(repo, rnd)
-        c0 = cpu_seconds()
-        if kind == "inv":
+        c0, k0 = cpu_seconds(), children_cpu()
+        if kind in ("inv", "status"):
+            task = ["deploy", "--host", "all"]
+            if kind == "status":
+                task = ["status", "--host", "all", "--no-health"]
             took, _ = rig.timed(
-                INV + ["--search-root", str(REPO_ROOT), "deploy", "--host", "all"],
+                INV + ["--search-root", str(REPO_ROOT), *task],
                 cwd=repo,
                 env=rig.ops_env(inventories[n]),
                 timeout=300,
@@ -99,19 +110,23 @@ def run(rig: Rig, runs: int | None, warmup: int) -> stats.CaseResult:
         if not warm:
             samples[label].append(took)
             cpu[label].append(cpu_seconds() - c0)
+            client[label].append(children_cpu() - k0)
 
     one = labels[0]
     ssh_one = f"{SIZES[0]} x `ssh host true` in parallel"
+    status_one = f"inv status, {SIZES[0]} host(s)"
+    firsts = {"inv": one, "status": status_one, "ssh": ssh_one}
     for label in labels:
-        base = one if what[label][0] == "inv" else ssh_one
-        res.rows.append(stats.Row(label, samples[label], baseline=None if label in (one, ssh_one) else base))
+        base = firsts[what[label][0]]
+        res.rows.append(stats.Row(label, samples[label], baseline=None if label == base else base))
     cores = os.cpu_count() or 1
     for label in labels:
         res.rows.append(stats.Row(f"CPU time the machine spent during: {label}", cpu[label]))
         wall, busy = stats.median(samples[label]), stats.median(cpu[label])
         res.notes.append(
             f"{label}: {busy:.2f} CPU-s in {wall:.2f} s = {busy / wall / cores:.0%} of {cores} cores busy"
-            + (f"; {busy / what[label][1] * 1000:.0f} ms of CPU per host" if what[label][1] > 1 else "")
+            + f"; per host: {busy / what[label][1] * 1000:.0f} ms of machine CPU, "
+            f"{stats.median(client[label]) / what[label][1] * 1000:.0f} ms of it the client's"
         )
     for n in SIZES:
         t, f = (
@@ -120,6 +135,9 @@ def run(rig: Rig, runs: int | None, warmup: int) -> stats.CaseResult:
         )
         res.notes.append(f"{n} host(s): inv deploy takes {t / f:.2f}x the bare `ssh host true` fan-out")
     m1 = stats.median(samples[one])
+    for n in SIZES[1:]:
+        r = stats.median(samples[f"inv status, {n} host(s)"]) / stats.median(samples[status_one])
+        res.notes.append(f"inv status to {n} hosts takes {r:.2f}x one host")
     for n, limit in ((10, 1.5), (30, 3.0)):
         r = stats.median(samples[f"inv deploy, {n} host(s)"]) / m1
         res.targets.append(stats.Target(f"{n} hosts <= {limit}x one host", f"{r:.2f}x", r <= limit))

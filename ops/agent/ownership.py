@@ -57,6 +57,8 @@ def parse_marker(value):
 def marker_in_environ(raw):
     """The marker's value from the raw bytes of /proc/PID/environ (NUL-separated), or None."""
     prefix = (MARKER + "=").encode()
+    if prefix not in raw:  # most environments: no entry can start with it (one C-speed search)
+        return None
     for item in raw.split(b"\0"):
         if item.startswith(prefix):
             return item[len(prefix):].decode("utf-8", "replace")
@@ -139,6 +141,8 @@ class Probe:
                         value = marker_in_environ(f.read())
                 except OSError:
                     value = None
+                if value is not None and not proc.confirm():
+                    value = None  # the pid is another process's now (procs.Proc.confirm)
             self._markers[key] = parse_marker(value)
         return self._markers[key]
 

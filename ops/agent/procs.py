@@ -17,14 +17,13 @@ take text and are unit tested with literal strings; the thin readers around them
 
 from __future__ import annotations
 
-import dataclasses
-import datetime
 import os
 import re
-import socket
-import subprocess
 import time
-from typing import Dict, Iterable, List, Optional, Set, Tuple
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # the agent does not import typing (~5 ms) at run time
+    from typing import Dict, Iterable, List, Optional, Set, Tuple
 
 __all__ = [
     "USE_PROC",
@@ -74,25 +73,106 @@ _MONTHS = {
 _WEEKDAYS = {"mon", "tue", "wed", "thu", "fri", "sat", "sun"}
 
 
-@dataclasses.dataclass(frozen=True)
-class Proc:
-    pid: int
-    ppid: int
-    pgid: int
-    sid: int
-    uid: int
-    state: str  # one letter like ps: R S D Z T ...
-    starttime: str  # opaque identity token (Linux: stat field 22 ticks; ps: start epoch int)
-    start_epoch: float  # wall-clock start, seconds since the epoch
-    argv: Tuple[str, ...]  # ("[comm]",) for kernel threads or an unreadable cmdline
+class Proc(object):
+    """One process: pid, parent, group, session, uid, state, start time and argv.
+
+    Immutable and compared by value like a frozen dataclass (a hand-written class: the agent does
+    not import dataclasses, ~10 ms of its start-up). ``argv`` and ``uid`` may be given, or left
+    ``None`` for a process read from /proc: then they are read on first use (``/proc/PID/cmdline``,
+    ``/proc/PID/status``), so a snapshot costs one stat read per process and only the processes a
+    check looks at cost more. A process that ended before that read reads as gone (state "X",
+    argv ("[comm]",), uid -1). What a lazy read finds is acted on only once ``confirm()`` has
+    read the stat line again and found the same start time (pid reuse: another process's command
+    line or uid is never taken for this one's): ``pgrep`` confirms every match, the ownership
+    probe every marker it finds.
+    """
+
+    __slots__ = ("pid", "ppid", "pgid", "sid", "_uid", "state", "starttime", "start_epoch", "_argv",
+                 "_comm", "_confirmed")
+
+    def __init__(self, pid, ppid, pgid, sid, uid, state, starttime, start_epoch, argv, comm=""):
+        # type: (int, int, int, int, Optional[int], str, str, float, Optional[Tuple[str, ...]], str) -> None
+        lazy = argv is None or uid is None
+        for name, value in (("pid", pid), ("ppid", ppid), ("pgid", pgid), ("sid", sid), ("_uid", uid),
+                            ("state", state), ("starttime", starttime), ("start_epoch", start_epoch),
+                            ("_argv", None if argv is None else tuple(argv)), ("_comm", comm),
+                            ("_confirmed", None if lazy else True)):
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name, value):
+        raise AttributeError("Proc is immutable (cannot set %r)" % name)
+
+    def _fields(self):
+        return (self.pid, self.ppid, self.pgid, self.sid, self.uid, self.state, self.starttime,
+                self.start_epoch, self.argv)
+
+    def __eq__(self, other):
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __hash__(self):
+        return hash(self._fields())
+
+    def __repr__(self):
+        names = ("pid", "ppid", "pgid", "sid", "uid", "state", "starttime", "start_epoch", "argv")
+        return "Proc(%s)" % ", ".join("%s=%r" % kv for kv in zip(names, self._fields()))  # noqa: B905 (py3.8)
+
+    def confirm(self):
+        # type: () -> bool
+        """True when what was read about this process after its stat line is its own: its stat
+        line, read again now, has the same start time. Always True for a process given whole."""
+        if self._confirmed is None:
+            try:
+                fields = _read_text("/proc/%d/stat" % self.pid).rpartition(")")[2].split()
+                same = len(fields) >= 20 and fields[19] == self.starttime
+            except OSError:
+                same = False
+            if not same:
+                object.__setattr__(self, "state", "X")
+            object.__setattr__(self, "_confirmed", same)
+        return self._confirmed
+
+    def _gone(self):
+        object.__setattr__(self, "state", "X")
+        object.__setattr__(self, "_confirmed", False)
 
     @property
-    def cmdline(self) -> str:
+    def argv(self):
+        # type: () -> Tuple[str, ...]
+        """("[comm]",) for kernel threads or an unreadable cmdline."""
+        if self._argv is None:
+            try:
+                argv = split_cmdline(_read_bytes("/proc/%d/cmdline" % self.pid))
+            except PermissionError:  # hidepid; the stat line still identifies it
+                argv = ()
+            except OSError:  # gone
+                self._gone()
+                argv = ()
+            object.__setattr__(self, "_argv", argv or ("[%s]" % self._comm,))
+        return self._argv
+
+    @property
+    def uid(self):
+        # type: () -> int
+        if self._uid is None:
+            try:
+                uid = _uid_of(self.pid)
+            except OSError:
+                self._gone()
+                uid = -1
+            object.__setattr__(self, "_uid", uid)
+        return self._uid
+
+    @property
+    def cmdline(self):
+        # type: () -> str
         """What ``pgrep -f`` matches against."""
         return " ".join(self.argv)
 
     @property
-    def alive(self) -> bool:
+    def alive(self):
+        # type: () -> bool
         """False for a zombie (or a dead-but-listed 'X') process."""
         return self.state not in ("Z", "X")
 
@@ -102,16 +182,16 @@ class Proc:
 
 def parse_stat(
     text: str,
-    argv: Iterable[str] = (),
-    uid: int = -1,
+    argv: Optional[Iterable[str]] = (),
+    uid: Optional[int] = -1,
     btime: float = 0.0,
     clk_tck: int = 100,
 ) -> Proc:
     """Parse the text of /proc/<pid>/stat into a Proc.
 
     The comm field sits in parentheses and may itself contain spaces and ')', so the fields are
-    split after the *last* ')'. An empty argv becomes ("[comm]",). Raises ValueError when the
-    text is not a stat line.
+    split after the *last* ')'. An empty argv becomes ("[comm]",). ``argv``/``uid`` None: read
+    from /proc when first used (see Proc). Raises ValueError when the text is not a stat line.
     """
     head, sep, tail = text.rpartition(")")
     pid_text, paren, comm = head.partition("(")
@@ -121,7 +201,8 @@ def parse_stat(
     if len(fields) < 20:
         raise ValueError("short /proc/<pid>/stat line: %r" % text[:80])
     ticks = int(fields[19])  # field 22: starttime, clock ticks since boot
-    argv = tuple(argv) or ("[%s]" % comm,)
+    if argv is not None:
+        argv = tuple(argv) or ("[%s]" % comm,)
     return Proc(
         pid=int(pid_text),
         ppid=int(fields[1]),
@@ -132,6 +213,7 @@ def parse_stat(
         starttime=str(ticks),
         start_epoch=btime + ticks / float(clk_tck),
         argv=argv,
+        comm=comm,
     )
 
 
@@ -219,7 +301,9 @@ def parse_lstart(text: str) -> float:
     if len(year) != 4 or not year.isdigit():
         raise ValueError("bad year in ps lstart: %r" % text)
     hour, minute, second = (int(c) for c in clock)
-    # datetime validates the ranges (mktime would silently normalise "Feb 31").
+    import datetime  # only without /proc (macOS): datetime validates the ranges (mktime would
+    # silently normalise "Feb 31")
+
     moment = datetime.datetime(int(year), month, day, hour, minute, second)
     return time.mktime(moment.timetuple())
 
@@ -324,6 +408,8 @@ def _run(argv: List[str], timeout: float = CMD_TIMEOUT) -> Optional[Tuple[int, s
 
     None when the command is missing or times out (it is killed and reaped then).
     """
+    import subprocess  # only without /proc, or for sysctl/lsof (not at the agent's start-up)
+
     env = dict(os.environ, LC_ALL="C")
     try:
         child = subprocess.Popen(
@@ -363,15 +449,16 @@ def _uid_of(pid: int) -> int:
 
 
 def _proc_read(pid: int, btime: float, clk_tck: int) -> Optional[Proc]:
-    """Read /proc/<pid>; None when it vanished or cannot be read."""
+    """Read /proc/<pid>/stat; None when it vanished or cannot be read. Its argv and uid are read
+    when first used (Proc)."""
     try:
         stat = _read_text("/proc/%d/stat" % pid)
-        try:
-            argv = split_cmdline(_read_bytes("/proc/%d/cmdline" % pid))
-        except OSError:  # PermissionError (hidepid); the stat line still identifies it
-            argv = ()
-        uid = _uid_of(pid)
-        return parse_stat(stat, argv=argv, uid=uid, btime=btime, clk_tck=clk_tck)
+        # The owner of the /proc/PID directory is the process's effective uid, dumpable or not
+        # (the kernel exempts these 0555 directories from the "non-dumpable: owned by root" rule,
+        # kept so that stat() tells the euid: fs/proc/base.c); one stat() instead of reading
+        # /proc/PID/status. Files inside (status, environ) do turn root-owned: never used here.
+        owner = os.stat("/proc/%d" % pid).st_uid
+        return parse_stat(stat, argv=None, uid=owner, btime=btime, clk_tck=clk_tck)
     except (OSError, ValueError):  # FileNotFoundError / ProcessLookupError: gone mid-read
         return None
 
@@ -539,6 +626,7 @@ def pgrep(table: Dict[int, Proc], pattern: str, exclude: Optional[Set[int]] = No
         and proc.alive
         and not _is_kernel_thread(proc)
         and regex.search(proc.cmdline)
+        and proc.confirm()  # the command line read was this process's (see Proc)
     ]
 
 
@@ -627,6 +715,8 @@ def listening_pids(port: int, use_proc: Optional[bool] = None) -> Set[int]:
 
 def port_accepts(port: int, host: str = "127.0.0.1", timeout: float = 0.2) -> bool:
     """True if a TCP connect to host:port succeeds within timeout."""
+    import socket
+
     try:
         with socket.create_connection((host, port), timeout=timeout):
             return True

@@ -14,14 +14,13 @@ import os
 import select
 import signal
 import sys
-import tempfile
 import time
-import traceback
 
-from . import build, checks, deployops, hostlock, procs, systemd
-from .gates import tail_lines
-from .lifecycle import Lifecycle
+from . import hostlock, procs
 from .state import expand
+
+# Start-up cost matters (every task pays it on every host): the modules an operation needs are
+# imported when it first runs (lifecycle for status/start/stop, deployops and checks for theirs).
 
 VERSION = os.environ.get("OPS_AGENT_VERSION", "dev")
 
@@ -51,7 +50,17 @@ def op_ping(args, emit):
     return {"pong": True, "time": time.time()}
 
 
+def op_held_locks(args, emit):
+    """The locks this agent holds now (deploy locks, the host operation lock). A held agent
+    (ops/persist.py) that still holds one when its client is gone is closed, never kept."""
+    deployops = sys.modules.get(__package__ + ".deployops")
+    return {"deploy": list(deployops._held_locks) if deployops is not None else [],
+            "host": sorted(hostlock._held)}
+
+
 def op_status(args, emit):
+    from .lifecycle import Lifecycle
+
     specs, all_specs = _specs(args)
     lc = Lifecycle(args["host"], emit)
     return {
@@ -62,11 +71,15 @@ def op_status(args, emit):
 
 
 def op_start(args, emit):
+    from .lifecycle import Lifecycle
+
     specs, all_specs = _specs(args)
     return Lifecycle(args["host"], emit).start(specs, all_specs)
 
 
 def op_stop(args, emit):
+    from .lifecycle import Lifecycle
+
     specs, all_specs = _specs(args)
     return Lifecycle(args["host"], emit).stop(specs, all_specs)
 
@@ -84,6 +97,8 @@ def _log_secrets(args):
 
 
 def op_logs(args, emit):
+    from .gates import tail_lines
+
     path = expand(args["path"], expand(args.get("base") or "~"))
     secrets = _log_secrets(args)
     n = int(args.get("lines", 50))
@@ -124,6 +139,7 @@ def op_exec(args, emit):
 
 OPS = {
     "ping": op_ping,
+    "held_locks": op_held_locks,
     "status": op_status,
     "start": op_start,
     "stop": op_stop,
@@ -132,15 +148,19 @@ OPS = {
     "exec": op_exec,
 }
 
+_EXTENSIONS = ["deployops", "checks", "build", "systemd", "fileops"]  # their OPS: merged in on first use
 
-OPS.update(deployops.OPS)
-OPS.update(checks.OPS)
-OPS.update(build.OPS)
-OPS.update(systemd.OPS)
 
-from . import fileops  # noqa: E402  (small files for user-written steps: ops.api)
-
-OPS.update(fileops.OPS)
+def find_op(name):
+    """The function serving op ``name`` (importing the extension modules on the first op that is
+    not a core one), or None."""
+    fn = OPS.get(name)
+    while fn is None and _EXTENSIONS:
+        module = __import__(__package__ + "." + _EXTENSIONS.pop(0), fromlist=["OPS"])
+        for key, value in module.OPS.items():
+            OPS.setdefault(key, value)
+        fn = OPS.get(name)
+    return fn
 
 
 # the operations that change what runs on the host: one at a time per host (hostlock.py)
@@ -163,12 +183,17 @@ def serve(inp=None, out=None):
     # The SSH session may go away mid-phase: finish the work, then exit at EOF.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    from . import loginenv
+
+    env_delta = loginenv.at_start(inp)  # a wrapper's environment, replayed or measured (loginenv.py)
     chan.send(
         {
             "event": "hello",
+            "env_delta": env_delta,
             "version": VERSION,
             "pid": os.getpid(),
             "python": "%d.%d.%d" % sys.version_info[:3],
+            "executable": sys.executable,  # what `python` resolved to: the client execs it next time
             "boot_id": procs.boot_id(),
             "platform": sys.platform,
             "home": os.path.expanduser("~"),
@@ -177,7 +202,9 @@ def serve(inp=None, out=None):
     try:
         return _loop(inp, chan)
     finally:
-        deployops.release_held_locks()
+        deployops = sys.modules.get(__package__ + ".deployops")
+        if deployops is not None:  # it holds no lock if it never ran
+            deployops.release_held_locks()
         hostlock.release_all()
 
 
@@ -194,6 +221,8 @@ def _loop(inp, chan):
             if not isinstance(req, dict):
                 raise ValueError("not an object")
             rid = req.get("id")
+            if "env" in req and "op" not in req:
+                continue  # an environment for a directly started agent, read by another: ignore
         except ValueError:
             chan.send({"event": "error", "type": "protocol", "message": "bad JSON request"})
             continue
@@ -203,7 +232,7 @@ def _loop(inp, chan):
             # chunks, never held in memory; consumed in full even if the file cannot be written
             stream_error = _receive(inp, int(req["stream"]), req.setdefault("args", {}))
         op = req.get("op")
-        fn = OPS.get(op)
+        fn = find_op(op) if isinstance(op, str) else None
         if fn is None:
             chan.send(
                 {"id": rid, "event": "error", "type": "protocol", "message": "unknown op %r" % req.get("op")}
@@ -234,6 +263,8 @@ def _loop(inp, chan):
                     hostlock.release(locked)
             chan.send({"id": rid, "event": "result", "data": data})
         except Exception as exc:  # report, keep serving
+            import traceback
+
             event = {
                 "id": rid,
                 "event": "error",
@@ -259,6 +290,8 @@ def _receive(inp, size, args):
     """Copy `size` bytes of the request's stream from inp to a temp file (args["_stream"]), in
     chunks. Returns None, or the OSError that stopped the copy (the rest is read and dropped so the
     next request line is where it should be)."""
+    import tempfile
+
     from .state import WriteFailed, expand
 
     state_dir = (args.get("host") or {}).get("state_dir")

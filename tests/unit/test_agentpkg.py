@@ -3,6 +3,7 @@ commands that run and install it, and a built zip that really answers over stdin
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -18,7 +19,8 @@ from ops import agentpkg
 
 
 @pytest.fixture(autouse=True)
-def _fresh_bundle_cache():
+def _fresh_bundle_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("OPS_CACHE_DIR", str(tmp_path / "client-cache"))
     agentpkg.bundle.cache_clear()
     yield
     agentpkg.bundle.cache_clear()
@@ -81,15 +83,41 @@ def test_the_run_command_is_exactly():
     b = agentpkg.AgentBundle(version="0123456789abcdef", data=b"")
     assert agentpkg.run_command("python3", b) == (
         'f="${XDG_CACHE_HOME:-$HOME/.cache}/ops-agent"/agent-0123456789abcdef.pyz; '
-        'if [ -f "$f" ]; then exec python3 "$f"; '
+        'if [ -f "$f" ]; then ' + LOGIN + 'exec python3 -S "$f"; '
         'else echo \'{"event":"need-agent"}\'; fi'
     )
+
+
+LOGIN = "OPS_LOGIN_ENV=$(env -0 2>/dev/null | od -An -vtx1 | tr -d ' \\n') "
+
+
+def test_the_run_command_with_a_resolved_interpreter_is_exactly():
+    b = agentpkg.AgentBundle(version="0123456789abcdef", data=b"")
+    assert agentpkg.run_command("python3", b, resolved="/opt/py 3/bin/python3") == (
+        'f="${XDG_CACHE_HOME:-$HOME/.cache}/ops-agent"/agent-0123456789abcdef.pyz; '
+        "if [ -f \"$f\" ]; then if [ -x '/opt/py 3/bin/python3' ]; then OPS_ENV_STDIN=1 exec "
+        "'/opt/py 3/bin/python3' "
+        '-S "$f"; fi; ' + LOGIN + 'exec python3 -S "$f"; '
+        'else echo \'{"event":"need-agent"}\'; fi'
+    )
+
+
+def test_a_resolved_interpreter_that_is_gone_falls_back_to_the_configured_one(tmp_path):
+    b = agentpkg.bundle()
+    cache = tmp_path / "cache"
+    assert _sh(agentpkg.install_command(b), cache, stdin=b.data).returncode == 0
+    gone = _sh(agentpkg.run_command(sys.executable, b, resolved=str(tmp_path / "no-such-python")), cache)
+    assert gone.returncode == 0, gone.stderr
+    assert json.loads(gone.stdout.splitlines()[0])["executable"] == sys.executable
+    direct = _sh(agentpkg.run_command("no-such-python3", b, resolved=sys.executable), cache)
+    assert direct.returncode == 0, direct.stderr
+    assert json.loads(direct.stdout.splitlines()[0])["event"] == "hello"
 
 
 def test_the_run_command_quotes_the_interpreter():
     b = agentpkg.AgentBundle(version="0123456789abcdef", data=b"")
     cmd = agentpkg.run_command("/opt/my python/bin/python3; rm -rf ~", b)
-    assert "exec '/opt/my python/bin/python3; rm -rf ~' \"$f\"" in cmd
+    assert "exec '/opt/my python/bin/python3; rm -rf ~' -S \"$f\"" in cmd
 
 
 def test_the_install_command_is_exactly():
@@ -221,3 +249,48 @@ def test_many_host_threads_asking_at_once_build_the_agent_once(monkeypatch):
         t.join(10)
     assert len(calls) == 1
     assert len(got) == 10 and all(b is got[0] for b in got)
+
+
+def test_a_built_agent_is_cached_on_disk_and_read_back_without_building(monkeypatch):
+    first = agentpkg.bundle()
+    cached = list(agentpkg.local_cache_dir().iterdir())
+    assert [p.name for p in cached] == [
+        f"agent-{first.version}.{hashlib.sha256(first.data).hexdigest()[:32]}.pyz"]
+
+    def no_build(agent_dir):
+        raise AssertionError("built again although a good copy is cached")
+
+    monkeypatch.setattr(agentpkg, "build", no_build)
+    agentpkg.bundle.cache_clear()
+    assert agentpkg.bundle() == first
+
+
+def test_a_damaged_cached_agent_is_built_again(monkeypatch):
+    first = agentpkg.bundle()
+    (cached,) = agentpkg.local_cache_dir().iterdir()
+    cached.write_bytes(first.data[:-10] + b"0123456789")  # same size, other bytes
+    builds = []
+    real_build = agentpkg.build
+    monkeypatch.setattr(agentpkg, "build", lambda d: builds.append(d) or real_build(d))
+    agentpkg.bundle.cache_clear()
+    assert agentpkg.bundle() == first
+    assert len(builds) == 1
+    assert cached.read_bytes() == first.data  # repaired
+
+
+def test_a_changed_agent_source_misses_the_cache(agent_copy):
+    before = agentpkg.bundle()
+    server = agent_copy / "server.py"
+    server.write_text(server.read_text() + "\n# changed\n")
+    agentpkg.bundle.cache_clear()
+    after = agentpkg.bundle()
+    assert after.version != before.version
+    assert after == agentpkg.build(agent_copy)
+    assert len(list(agentpkg.local_cache_dir().iterdir())) == 2
+
+
+def test_an_unwritable_cache_only_costs_the_build(monkeypatch, tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    monkeypatch.setenv("OPS_CACHE_DIR", str(blocker / "ops"))
+    assert agentpkg.bundle() == agentpkg.build(agentpkg.AGENT_DIR)
