@@ -179,8 +179,10 @@ def test_a_green_preflight_opens_the_pr_with_the_exact_body_and_its_rollback_com
 
     # the command in the body is exact: run as written, it takes prbox back to the previous commit
     cmd = expected.rsplit("`", 2)[-2]
+    # as the user has it: `inv` of the installation running these tests on PATH (a venv's bin)
+    path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
     r = subprocess.run(["sh", "-c", cmd], cwd=REPO, capture_output=True, text=True, timeout=180,
-                       stdin=subprocess.DEVNULL)
+                       stdin=subprocess.DEVNULL, env=dict(os.environ, PATH=path))
     assert r.returncode == 0, r.stdout + r.stderr
     head = tp.git(world.dir / "prbox", "rev-parse", "--short=7", "HEAD")
     assert head == origin.initial
