@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import importlib
 import re
+import shlex
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -117,18 +118,19 @@ def parse_points(raw: Any, where: str, defs: Mapping[str, Hook], fail: Fail,
 
 
 def _fill(hook: Hook, variables: Mapping[str, str], fail: Fail) -> Hook:
-    def sub(text: str) -> str:
+    def sub(text: str, shell: bool = False) -> str:
         def repl(m: re.Match[str]) -> str:
             if m.group(1) not in variables:
                 known = ", ".join(f"${{{v}}}" for v in variables)
                 raise fail(f"hooks.{hook.name}", f"uses unknown variable {m.group(0)}", f"known: {known}")
-            return variables[m.group(1)]
+            value = variables[m.group(1)]
+            return shlex.quote(value) if shell else value  # a string cmd is run by sh
 
         return _VAR_RE.sub(repl, text)
 
     cmd = hook.cmd
     if isinstance(cmd, str):
-        cmd = sub(cmd)
+        cmd = sub(cmd, shell=True)
     elif isinstance(cmd, tuple):
         cmd = tuple(sub(x) for x in cmd)
     return Hook(hook.name, cmd, hook.call, hook.timeout, sub(hook.cwd) if hook.cwd else None, hook.base_dir)

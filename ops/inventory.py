@@ -462,7 +462,7 @@ def _build_host(
         remote=table.get("remote", "origin"),
         min_mem_available_mb=_min_mem(ctx, where, table),
         build=build_steps(ctx, where, table.get("build", []), None,
-                          lambda v: _substitute(ctx, where, "build", v, ports, variables, name)),
+                          lambda v: _substitute(ctx, where, "build", v, ports, variables, name, shell=True)),
         layout=layout,
         root=root,
         shared=tuple(table.get("shared", [])),
@@ -535,12 +535,17 @@ def _substitute(
     variables: Mapping[str, str],
     own: str,
     regex: bool = False,
+    shell: bool = False,
 ) -> str:
-    """Fill in ${...}; in a regex (`match`) the values are escaped, so a path's dots stay dots."""
+    """Fill in ${...}; in a regex (`match`) the values are escaped, so a path's dots stay dots; in
+    a command run by sh (build steps, a `cmd` check given as a string) they are shell-quoted, so a
+    path with a space or a `;` stays one word."""
 
     def repl(m: re.Match[str]) -> str:
         value = _value(m)
-        return re.escape(value) if regex else value
+        if regex:
+            return re.escape(value)
+        return shlex.quote(value) if shell else value
 
     def _value(m: re.Match[str]) -> str:
         var, arg = m.group(1), m.group(2)
@@ -591,8 +596,8 @@ def _build_service(
             node = node[part]
         return f"hosts.{variables['host']}.overrides.{name}"
 
-    def sub(key: str, value: str, regex: bool = False) -> str:
-        return _substitute(ctx, origin(key), key, value, ports, variables, name, regex)
+    def sub(key: str, value: str, regex: bool = False, shell: bool = False) -> str:
+        return _substitute(ctx, origin(key), key, value, ports, variables, name, regex, shell)
 
     cmd = sub("cmd", t["cmd"]) if "cmd" in t else None
     if t.get("persist") and cmd is None:
@@ -714,7 +719,8 @@ def _build_service(
         scope=t.get("scope", "system"),
         persist=bool(t.get("persist", False)),
         log_declared="log" in t,
-        build=build_steps(ctx, origin("build"), t.get("build", []), name, lambda v: sub("build", v)),
+        build=build_steps(ctx, origin("build"), t.get("build", []), name,
+                          lambda v: sub("build", v, shell=True)),
     )
 
 
@@ -746,7 +752,7 @@ def _verify_checks(
     supervised_by: str | None,
     health: Health | None,
     heartbeat: Heartbeat | None,
-    sub: Callable[[str, str], str] | None = None,
+    sub: Callable[..., str] | None = None,
 ) -> tuple[str | Probe, ...]:
     """`checks = [...]`: known names, each backed by what it checks (a supervisor, a health...),
     and tables for checks beyond HTTP ({ cmd = ... }, { file = ... }, { tcp = ... }: ops/probes.py)."""
@@ -755,7 +761,7 @@ def _verify_checks(
     declared = list(t.get("checks", ()))
     for i, item in enumerate(declared):
         if isinstance(item, dict):
-            declared[i] = probes.parse(item, where, ctx.fail, sub or (lambda _k, v: v))
+            declared[i] = probes.parse(item, where, ctx.fail, sub or (lambda _k, v, **_kw: v))
     checks = tuple(c for c in declared if isinstance(c, str))
     needs = {
         "restart": (

@@ -47,7 +47,7 @@ KEYS: dict[str, tuple[str, ...]] = {
 }
 
 Fail = Callable[[str, str, str], Exception]  # (where, message, advice) -> the error to raise
-Sub = Callable[[str, str], str]  # (key, value) -> value with ${...} filled in
+Sub = Callable[..., str]  # (key, value, shell=False) -> value with ${...} filled in (quoted for sh)
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,7 @@ def parse(table: Mapping[str, Any], where: str, fail: Fail, sub: Sub) -> Probe:
         raw = table["cmd"]
         target: str | tuple[str, ...]
         if isinstance(raw, str) and raw.strip():
-            target = sub("checks.cmd", raw)
+            target = sub("checks.cmd", raw, shell=True)  # run by sh: values are quoted
         elif isinstance(raw, list) and raw and all(isinstance(x, str) for x in raw):
             target = tuple(sub("checks.cmd", x) for x in raw)
         else:

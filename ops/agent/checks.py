@@ -181,13 +181,9 @@ class Checks:
     def snapshot(self):
         return self.lc.snapshot()
 
-    def _owned(self, spec, table, pattern=None):
-        """(owned [Proc], foreign [(Proc, why)]): the processes matching the service's pattern
-        that provably belong to it (ownership.py), and those that match but are not its own
-        (never counted, never signalled: reported)."""
-        dom = self.lc.domain(self.lc.top_of(spec, self.all_specs), table)
-        owned, foreign = dom.classify(pattern or spec["match"])
-        return [p for p, _ in owned], foreign
+    def _owned(self, spec, table):
+        """(owned [Proc], foreign [(Proc, why)]) for the service's pattern (Lifecycle.matches)."""
+        return self.lc.matches(spec, table, self.all_specs)
 
     def _foreign(self, table, spec, foreign):
         note = ownership.foreign_note(table, foreign, spec["name"])

@@ -102,11 +102,18 @@ class HostView:
         )
 
 
-    def owned_matches(self, spec, table, all_specs=None):
-        """The processes matching spec's pattern that are provably its own (ownership.py): what
-        escaped an exact evidence (a cgroup, a tree) is still judged by user and checkout."""
+    def matches(self, spec, table, all_specs=None):
+        """(owned [Proc], foreign [(Proc, why)]): the processes matching spec's pattern that are
+        provably its own (ownership.py), judged in the domain of its top-level service, and those
+        that match but are not its own (never counted, never signalled: reported)."""
         dom = self.domain(self.top_of(spec, all_specs or {}), table)
-        return [p for p, _ in dom.classify(spec["match"])[0]]
+        owned, foreign = dom.classify(spec["match"])
+        return [p for p, _ in owned], foreign
+
+    def owned_matches(self, spec, table, all_specs=None):
+        """Only the owned side of ``matches``: what escaped an exact evidence (a cgroup, a tree)
+        is still judged by user and checkout."""
+        return self.matches(spec, table, all_specs)[0]
 
 
     def log_path(self, spec):

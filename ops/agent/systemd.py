@@ -815,21 +815,7 @@ class Units:
                     props,
                 )
             if first is not None and props.get("ActiveState") == "active":
-                table = self.lc.snapshot()
-                mine = self.pids(props)
-                for g in list(gates):
-                    ok, detail = g[1](table, props, mine)
-                    details[g[0]] = detail
-                    if ok:
-                        gates.remove(g)
-                        passed.append(
-                            {
-                                "name": g[0],
-                                "ok": True,
-                                "detail": detail,
-                                "elapsed": round(self.lc.clock() - m_start, 3),
-                            }
-                        )
+                self._poll_gates(gates, props, details, passed, m_start, self.lc.clock)
                 if not gates:
                     pid = _int(props.get("MainPID")) or None
                     self.lc.store.mark(
@@ -1148,6 +1134,21 @@ class Units:
         finally:
             watch.close()
 
+    def _poll_gates(self, gates, props, details, passed, since, clock):
+        """One pass over the pending gates against the unit's cgroup now: those that pass move
+        from `gates` to `passed` (with their time since `since`), every detail is kept. Returns
+        the process table it judged."""
+        table = self.lc.snapshot()
+        mine = self.pids(props)
+        for g in list(gates):
+            ok, detail = g[1](table, props, mine)
+            details[g[0]] = detail
+            if ok:
+                gates.remove(g)
+                passed.append({"name": g[0], "ok": True, "detail": detail,
+                               "elapsed": round(clock() - since, 3)})
+        return table
+
     # --- verify (the hooks of ops/agent/checks.py: ch is its Checks) -----------------------
 
     def _strays(self, table, spec, mine):
@@ -1344,21 +1345,7 @@ class Units:
                     ]
                     passed, details = [], {}
                 if new_inv is not None:
-                    table = self.lc.snapshot()
-                    mine = self.pids(props)
-                    for g in list(gates):
-                        ok, detail = g[1](table, props, mine)
-                        details[g[0]] = detail
-                        if ok:
-                            gates.remove(g)
-                            passed.append(
-                                {
-                                    "name": g[0],
-                                    "ok": True,
-                                    "detail": detail,
-                                    "elapsed": round(ch.clock() - killed, 3),
-                                }
-                            )
+                    table = self._poll_gates(gates, props, details, passed, killed, ch.clock)
                     if not gates:
                         took = round(ch.clock() - killed, 3)
                         extra.update(
