@@ -258,22 +258,21 @@ class Checks:
                 parent_note(table, strays[0]),
             )
             return self._check("tree", spec, False, detail, t0, pid=pid, tree=lines, offenders=offenders)
-        down = self._supervised_child_down(spec, pid, table)
+        sup = self.lc.supervisor_state(self.lc.store.load(name) or {})
+        down = self._supervised_child_down(spec, sup, pid, table)
         if down:
             return self._check("tree", spec, False, down, t0, pid=pid, tree=lines, offenders=[])
         detail = "pid %d is alive (%d process(es) in its tree)" % (pid, len(own))
-        sup = self.lc.supervisor_state(self.lc.store.load(name))
         if sup is not None:
             detail = "pid %d runs under the tool's supervisor (pid %d; %d process(es) in its tree)" % (
                 sup.get("child_pid"), pid, len(own))
         detail += self._foreign(table, spec, foreign)
         return self._check("tree", spec, True, detail, t0, pid=pid, tree=lines, offenders=[])
 
-    def _supervised_child_down(self, spec, sup_pid, table):
-        """For a service run by the tool's own supervisor: why its own process is not up (backoff,
-        fatal, gone), or "" when it runs. The supervisor being alive proves nothing by itself."""
-        state = self.lc.store.load(spec["name"]) or {}
-        sup = self.lc.supervisor_state(state)
+    def _supervised_child_down(self, spec, sup, sup_pid, table):
+        """For a service run by the tool's own supervisor (sup: the supervisor's state): why its own
+        process is not up (backoff, fatal, gone), or "" when it runs. The supervisor being alive
+        proves nothing by itself."""
         if sup is None:
             return ""
         child = sup.get("child_pid")

@@ -81,6 +81,7 @@ class Supervisor:
         self.stop_requested = None
         self.child = None
         self.child_started = None
+        self.child_starttime = None
         self.child_started_wall = None
         self.backoff = self.backoff0
         self.next_try = clock()
@@ -194,6 +195,8 @@ class Supervisor:
             return
         self.child_started = self.clock()
         self.child_started_wall = self.wall()
+        # its start time: a later member of its group (pgid = its pid) is born at or after it
+        self.child_starttime = (procs.identity(self.child.pid) or {}).get("starttime")
         self.hb_value, self.hb_changed, self.hb_bad_since = self._hb_value(), self.child_started, None
         self.last_hb_check = None
         self.state = "running"
@@ -219,13 +222,30 @@ class Supervisor:
                 self.name, child.pid, signal.Signals(s).name, wait, reason))
         # the group may still hold grandchildren; the child is reaped now, so its pid (the group
         # id) is only still ours while a member of the group is alive: never signal a reused id
-        if any(p.alive and p.pgid == child.pid for p in procs.snapshot().values()):
+        if self._group_left(child.pid):
             try:
                 os.killpg(child.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
         self.child = None
         return child.returncode
+
+    def _group_left(self, pgid):
+        """True while a member of the child's group lives that was born at or after the child (a
+        group whose id was reused by a process started later is not ours: ownership.py's rule)."""
+        try:
+            born = int(getattr(self, "child_starttime", None))
+        except (TypeError, ValueError):
+            born = None
+        for p in procs.snapshot().values():
+            if not p.alive or p.pgid != pgid:
+                continue
+            try:
+                if born is None or int(p.starttime) >= born:
+                    return True
+            except ValueError:
+                continue
+        return False
 
     def _fatal(self, why, message):
         self.state = "fatal"
