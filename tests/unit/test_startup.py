@@ -135,3 +135,49 @@ def test_inv_reads_ops_inventory(tmp_path):
     r = run([sys.executable, "-m", "invoke", "hosts"], cwd=REPO, OPS_INVENTORY=str(tmp_path / "x.toml"))
     assert r.returncode == 0, r.stderr
     assert "fromenv" in r.stdout and "demo_daemon" not in r.stdout
+
+
+def _bytecode_flag_after_import(*python_flags: str, **env: str) -> str:
+    """sys.dont_write_bytecode after invoke turned it off and then `ops` was imported."""
+    code = "import sys; sys.dont_write_bytecode = True; import ops; print(sys.dont_write_bytecode)"
+    full_env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    full_env.update(env)
+    p = subprocess.run([sys.executable, *python_flags, "-c", code], cwd=REPO, env=full_env,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    return p.stdout.strip()
+
+
+def test_ops_caches_its_bytecode_although_invoke_turned_caching_off() -> None:
+    # invoke sets sys.dont_write_bytecode before it imports tasks.py: without this every `inv`
+    # compiled the whole ops package from source
+    assert _bytecode_flag_after_import() == "False"
+
+
+def test_ops_leaves_bytecode_off_when_the_person_asked_for_it() -> None:
+    assert _bytecode_flag_after_import("-B") == "True"
+    assert _bytecode_flag_after_import(PYTHONDONTWRITEBYTECODE="1") == "True"
+
+
+def test_inv_writes_the_ops_package_bytecode_once(tmp_path: Path) -> None:
+    # the second `inv` of a fresh copy reads every ops module from its cached bytecode
+    copy = tmp_path / "proj"
+    shutil.copytree(REPO / "ops", copy / "ops", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "tasks.py", copy / "tasks.py")
+    (copy / "hosts.toml").write_text(INVENTORY.format(name="box"))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "OPS_INVENTORY",
+                                                             "PYTHONPYCACHEPREFIX")}
+    env["PYTHONPATH"] = str(copy)
+    inv = [sys.executable, "-c", "import sys; from invoke.main import program; sys.exit(program.run())",
+           "--search-root", str(copy), "--list"]
+    first = subprocess.run(inv, cwd=copy, env=env, capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    assert (copy / "ops" / "__pycache__").is_dir()
+    assert any(p.name.startswith("cli.") for p in (copy / "ops" / "__pycache__").iterdir())
+    second = subprocess.run(inv, cwd=copy, env={**env, "PYTHONVERBOSE": "1"}, capture_output=True,
+                            text=True, timeout=60)
+    assert second.returncode == 0, second.stderr
+    compiled = re.findall(r"^# code object from (/\S+\.py)$", second.stderr, re.MULTILINE)
+    # ops/__init__.py itself (a few lines) runs before it turns caching back on
+    own = [p for p in compiled if p.startswith(str(copy / "ops")) and p != str(copy / "ops" / "__init__.py")]
+    assert own == []
