@@ -7,9 +7,10 @@ host name (never by connection: several inventory hosts may share one machine).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -80,11 +81,72 @@ class HostSession:
         }
 
 
+# Sessions a task began to open early (open_early), by host name, with the inventory they were
+# opened for: adopted by connect() for that same inventory object only, or closed by drop_early().
+_EARLY: dict[str, tuple[Inventory, Future[HostSession]]] = {}
+_EARLY_LOCK = threading.Lock()
+
+
+def open_early(inventory: Inventory, hosts: list[Host]) -> None:
+    """Begin opening these hosts' sessions now, each in a background thread, so that the SSH
+    handshake and the agent's start on the host run while this process goes on importing and
+    preparing the task (a cold `inv status` spends ~150 ms on that before its first byte to the
+    host). ``connect`` adopts the session, or raises exactly the error its opening raised: a
+    session is the same whether it was opened early or late. A task that ends without adopting
+    one (a usage error found later, an empty plan) closes it with ``drop_early``."""
+    for host in hosts:
+        with _EARLY_LOCK:
+            if host.name in _EARLY:
+                continue
+            future: Future[HostSession] = Future()
+            _EARLY[host.name] = (inventory, future)
+
+        def run(host: Host = host, future: Future[HostSession] = future) -> None:
+            session = HostSession(inventory, host)
+            try:
+                session.open()
+            except BaseException as exc:  # the error connect() raises, as a late open would
+                try:
+                    session.close()
+                finally:
+                    future.set_exception(exc)
+                return
+            future.set_result(session)
+
+        threading.Thread(target=run, name=f"open-early-{host.name}", daemon=True).start()
+
+
+def _adopt(inventory: Inventory, host: Host) -> HostSession | None:
+    with _EARLY_LOCK:
+        entry = _EARLY.get(host.name)
+        if entry is None or entry[0] is not inventory:
+            return None
+        del _EARLY[host.name]
+    return entry[1].result()  # bounded by the open's own timeouts (connect, agent start)
+
+
+def drop_early() -> None:
+    """Close the early-opened sessions nobody adopted: now if open, else once their opening ends
+    (never waited for: a task that failed on its own must not wait on a slow host to say so)."""
+    with _EARLY_LOCK:
+        entries = list(_EARLY.values())
+        _EARLY.clear()
+    for _, future in entries:
+        future.add_done_callback(_close_unadopted)
+
+
+def _close_unadopted(future: Future[HostSession]) -> None:
+    if future.exception() is None:  # a failed opening closed its session already
+        future.result().close()
+
+
 @contextmanager
 def connect(inventory: Inventory, host: Host) -> Iterator[HostSession]:
-    session = HostSession(inventory, host)
+    early = _adopt(inventory, host)
+    session = early or HostSession(inventory, host)
     try:
-        session.open()
+        if early is None:
+            session.open()
         yield session
     finally:
         session.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -81,10 +82,26 @@ def errors_to_exit(fn: Callable[..., Any]) -> Callable[..., Any]:
         except BaseException:
             fastexit.cancel()  # a bug: Python reports it the usual way
             raise
+        finally:
+            _drop_early()
         fastexit.done(0)
         return result
 
     return wrapper
+
+
+def _open_early(inv: Any, targets: list[Any]) -> None:
+    """Begin connecting to the task's hosts now, before its remaining imports and preparation
+    (ops/session.py open_early); the task's own connect adopts each session."""
+    from ops.session import open_early
+
+    open_early(inv, targets)
+
+
+def _drop_early() -> None:
+    session = sys.modules.get("ops.session")
+    if session is not None:
+        session.drop_early()
 
 
 def _exit_for(outcomes: list[Any], ok: Callable[[Any], bool]) -> None:
@@ -117,13 +134,15 @@ def hosts(c, json=False):
 def status(c, host=None, service=None, json=False, no_health=False, no_persist=False):
     """Show each service's state, pid, uptime, port holder and health."""
     _no_persist(no_persist)
-    from ops import control
     from ops.inventory import resolve_hosts
-    from ops.report import Reporter, choose_format
-    from ops.session import on_hosts
 
     inv = _inventory(c)
     targets = resolve_hosts(inv, host)
+    _open_early(inv, targets)
+    from ops import control
+    from ops.report import Reporter, choose_format
+    from ops.session import on_hosts
+
     names = _names(service)
     for h in targets:  # an unknown service name is a usage error (exit 2), not an unreachable host
         control.with_children(h, names)
@@ -136,15 +155,17 @@ def status(c, host=None, service=None, json=False, no_health=False, no_persist=F
 
 def _phase(phase: str, host: str | None, service: list[str] | None, as_json: bool,
            lock_wait: float = 0.0) -> None:
-    from ops import control
     from ops.inventory import resolve_hosts
-    from ops.report import Board, Reporter, choose_format
-    from ops.session import on_hosts
 
     inv = _inventory()
     targets = resolve_hosts(inv, host)
+    _open_early(inv, targets)  # an unknown service below is still exit 2: the sessions are dropped
+    from ops import control
+    from ops.report import Board, Reporter, choose_format
+    from ops.session import on_hosts
+
     names = _names(service)
-    for h in targets:  # fail early on an unknown service name, before touching any host
+    for h in targets:  # fail early on an unknown service name, before any host is acted on
         control.with_children(h, names)
     rep = Reporter(choose_format(as_json))
     with Board(rep, phase, [h.name for h in targets]) as board:
@@ -212,6 +233,7 @@ def logs(c, service, host=None, n="50", follow=False, json=False):
     targets = resolve_hosts(inv, host)
     if len(targets) != 1:
         raise UsageError("logs needs exactly one host", "pass --host NAME")
+    _open_early(inv, targets)
     h = targets[0]
     svc = control.with_children(h, [service])[0]
     rep = Reporter(choose_format(json))
@@ -306,8 +328,10 @@ def _deploy(host, json, rollback_only=False, **opts):
 
     inv = _inventory()
     targets = resolve_hosts(inv, host)
-    rep = report.Reporter(report.choose_format(json))
     options = dep.DeployOptions(**opts)
+    if not options.serial:  # all hosts at once (a rolling deploy connects batch by batch)
+        _open_early(inv, targets)
+    rep = report.Reporter(report.choose_format(json))
     title = "rollback" if rollback_only else "deploy"
     with report.Board(rep, title, [h.name for h in targets], transient=False) as board:
         results = dep.deploy(
@@ -497,16 +521,18 @@ ns.add_task(pr)
 def _verify(kind: str, host: str | None, as_json: bool, run: Callable[..., Any], pick=None) -> None:
     """Run one verify phase on each host (one agent call per host), report, and exit 0 only if
     every check passed (1 a check failed, 2 bad arguments, 3 a host unreachable)."""
-    from ops import report
     from ops.errors import UsageError
     from ops.inventory import resolve_hosts
-    from ops.session import on_hosts
 
     inv = _inventory()
     targets = resolve_hosts(inv, host)
     if pick is not None and not [s for h in targets for s in pick(h)]:  # bad names fail here, early
         raise UsageError(f"verify.{kind}: nothing to check on {', '.join(h.name for h in targets)}",
                          "declare it in hosts.toml for the service (see README, verify)")
+    _open_early(inv, targets)
+    from ops import report
+    from ops.session import on_hosts
+
     rep = report.Reporter(report.choose_format(as_json))
     with report.Board(rep, f"verify.{kind}", [h.name for h in targets], checks=kind == "all") as board:
         outcomes = on_hosts(inv, targets, lambda s: run(s, lambda e: board.event(s.host.name, e)))
