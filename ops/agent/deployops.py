@@ -52,12 +52,17 @@ def checkout_info(checkout):
             "dirty": [], "branch": None}
     if not info["exists"]:
         return info
-    code, out, _ = _git(["rev-parse", "--is-inside-work-tree"], checkout)
-    code2, top, _ = _git(["rev-parse", "--show-toplevel"], checkout)
-    if code != 0 or out != "true" or os.path.realpath(top) != os.path.realpath(checkout):
+    code, out, _ = _git(["rev-parse", "--is-inside-work-tree", "--show-toplevel"], checkout)
+    inside, _, top = out.partition("\n")
+    if code != 0 or inside != "true" or os.path.realpath(top) != os.path.realpath(checkout):
         info["empty"] = not os.listdir(checkout)
         return info
     info["git"] = True
+    # head, branch and local changes in one call (git >= 2.11); older gits the long way
+    code, out, _ = _git(["status", "--porcelain=v2", "--branch", "--untracked-files=no"], checkout)
+    if code == 0:
+        info["head"], info["branch"], info["dirty"] = parse_status_v2(out)
+        return info
     code, out, _ = _git(["rev-parse", "--verify", "-q", "HEAD"], checkout)
     info["head"] = out if code == 0 else None
     code, out, _ = _git(["symbolic-ref", "-q", "--short", "HEAD"], checkout)
@@ -65,6 +70,32 @@ def checkout_info(checkout):
     code, out, _ = _git(["status", "--porcelain", "--untracked-files=no"], checkout)
     info["dirty"] = out.splitlines() if code == 0 else ["(git status failed)"]
     return info
+
+
+def parse_status_v2(out):
+    """(head or None, branch or None, changed entries as `git status --porcelain` v1 prints them)
+    from `git status --porcelain=v2 --branch` (pure)."""
+    head = branch = None
+    dirty = []
+    for line in out.splitlines():
+        if line.startswith("# branch.oid "):
+            oid = line[len("# branch.oid "):]
+            head = None if oid == "(initial)" else oid
+        elif line.startswith("# branch.head "):
+            name = line[len("# branch.head "):]
+            branch = None if name == "(detached)" else name
+        elif line.startswith(("1 ", "2 ", "u ")):
+            kind, rest = line[0], line[2:]
+            xy = rest[:2].replace(".", " ")
+            fields = {"1": 7, "2": 8, "u": 9}[kind]  # fields before the path
+            path = rest.split(" ", fields)[-1]
+            if kind == "2":  # renamed or copied: "path<TAB>original"
+                new, _, orig = path.partition("\t")
+                path = "%s -> %s" % (orig, new)
+            dirty.append("%s %s" % (xy, path))
+        elif line.startswith("? ") or line.startswith("! "):
+            dirty.append("%s %s" % (line[0] * 2, line[2:]))
+    return head, branch, dirty
 
 
 # --- lock ---------------------------------------------------------------------------------------
