@@ -204,12 +204,14 @@ class Holder:
         return ""
 
     def relay(self, conn: socket.socket, entry: Held) -> str:
-        """Lines client -> agent and agent -> client until the client's session ends. '' when it
+        """Lines client -> agent (and, after a request line that announces one, its stream's bytes
+        as they are) and agent -> client until the client's session ends. '' when it
         ended cleanly (every request answered, no error), else why the agent must be closed."""
         ch = entry.session.agent.channel
         conn.settimeout(None)
         outstanding: set[Any] = set()
         pending = b""
+        raw_left = 0  # bytes of a request's stream still to pass on as they are (not lines)
         client_open = True
         error = ""
         while True:
@@ -226,12 +228,20 @@ class Holder:
                         error = error or "its client left with a request unanswered"
                     continue
                 pending += data
-                while b"\n" in pending:
+                while pending:
+                    if raw_left:  # a stream (a git bundle) follows its request line: raw bytes
+                        chunk, pending = pending[:raw_left], pending[raw_left:]
+                        ch.send(chunk)
+                        raw_left -= len(chunk)
+                        continue
+                    if b"\n" not in pending:
+                        break
                     line, _, pending = pending.partition(b"\n")
-                    with contextlib.suppress(ValueError, AttributeError):
+                    with contextlib.suppress(ValueError, AttributeError, TypeError):
                         req = json.loads(line)
                         if "op" in req:  # a request: it must be answered before the agent is kept
                             outstanding.add(req.get("id"))
+                            raw_left = max(0, int(req.get("stream") or 0))
                     ch.send(line + b"\n")
             if b"\n" in ch._buf or ch._fileno() in r:
                 line = ch.read_line(time.monotonic() + 60.0)

@@ -257,3 +257,24 @@ def test_the_holder_answers_only_peers_of_its_own_uid(tmp_path):
         h.quit.set()
         t.join(15)
         shutil.rmtree(d, ignore_errors=True)
+
+
+def test_a_request_stream_passes_through_the_holder_whole(tmp_path, sshd, runtime):
+    # a git bundle is raw bytes after the request line: the holder passes on exactly as many as
+    # the request announces, whatever newlines they hold, and ends the last line of none (it
+    # forwarded whole lines only, and a bundle not ending in a newline hung the warm deploy)
+    inv = _inventory(tmp_path, sshd)
+    _open(inv).close()
+    warm = _held(inv)
+    try:
+        for i, payload in enumerate([b"a\nb\n" + bytes(range(256)) * 40 + b"no newline at the end",
+                                     b'{"id": 99, "op": "ping"}\n' * 3 + b"tail",
+                                     b"ends with a newline\n"]):
+            f = tmp_path / f"stream-{i}"
+            f.write_bytes(payload)
+            assert warm.call("ping", stream=str(f), timeout=20)["pong"]
+        assert warm.call("ping", timeout=20)["pong"]  # the lines after the streams still frame
+    finally:
+        warm.close()
+    again = _held(inv)  # and the agent was kept: every request was answered
+    again.close()
