@@ -414,8 +414,7 @@ class Checks:
             return self._check(
                 "restart", spec, False, "%s (pid %d) just exited" % (sup["name"], sup_pid), t0, **extra
             )
-        inside = tree_pids(table, sup_pid) - {sup_pid}
-        mine = instances(table, [p for p in self._owned(spec, table)[0] if p.pid in inside])
+        mine = self._under(table, sup_pid, pattern)
         if len(mine) != 1:
             detail = (
                 "no process matching /%s/ runs under %s (pid %d)" % (pattern, sup["name"], sup_pid)
@@ -472,12 +471,8 @@ class Checks:
                     self._progress(spec, "the new pid %d died before it was ready; waiting again" % new.pid)
                     new, gates = None, []
             if new is None:
-                inside = tree_pids(table, sup_pid) - {sup_pid}
-                fresh = [
-                    p
-                    for p in instances(table, [p for p in self._owned(spec, table)[0] if p.pid in inside])
-                    if (p.pid, p.starttime) != (old.pid, old.starttime)
-                ]
+                fresh = [p for p in self._under(table, sup_pid, pattern)
+                         if (p.pid, p.starttime) != (old.pid, old.starttime)]
                 if fresh:
                     new = fresh[0]
                     extra["new_pid"] = new.pid
@@ -517,6 +512,17 @@ class Checks:
                 detail = self._restart_timeout(old, new, gone, gates, sup, sup_pid, timeout, pattern)
                 return self._check("restart", spec, False, detail, t0, **extra)
             self.sleep(POLL)
+
+    def _under(self, table, sup_pid, pattern):
+        """The instances matching pattern in the tree of the supervisor (pid sup_pid, which the
+        state records as the service's): a process born under it is provably the service's (its
+        tree, ownership.py), so the pattern is matched among those few processes alone, with no
+        ownership domain and its marker scan of every process (this runs every 20 ms while
+        verify.restart waits for the new child)."""
+        inside = tree_pids(table, sup_pid) - {sup_pid}
+        found = procs.pgrep({pid: table[pid] for pid in inside if pid in table}, pattern,
+                            exclude=self.lc.protected)
+        return instances(table, found)
 
     def _restart_timeout(self, old, new, gone, gates, sup, sup_pid, timeout, pattern):
         if new is None:

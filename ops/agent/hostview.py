@@ -42,6 +42,8 @@ class HostView:
         # must not make the same directory look like another one)
         self.state_root = os.path.realpath(self.store.root)
         self.probe_factory = ownership.Probe  # per-process evidence reader (tests inject a fake)
+        self._probe_table = None  # the process table the current probe's reads belong to
+        self._probe = None
 
 
     def reap(self):
@@ -97,9 +99,16 @@ class HostView:
             state=state,
             supervisor_state=self.supervisor_state(state),
             protected=self.protected,
-            probe=self.probe_factory(),
+            probe=self.probe_of(table),
             start_id=start_id,
         )
+
+    def probe_of(self, table):
+        """One evidence reader per process table: the domains of several services judged on the
+        same snapshot (status, a stop's sweep) read each process's marker and cwd once."""
+        if self._probe_table is not table:
+            self._probe_table, self._probe = table, self.probe_factory()
+        return self._probe
 
 
     def matches(self, spec, table, all_specs=None):

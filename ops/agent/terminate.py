@@ -160,7 +160,7 @@ class StopMixin(HostView):
             state=state,
             supervisor_state=self.supervisor_state(state),
             protected=self.protected,
-            probe=self.probe_factory(),
+            probe=self.probe_of(table),
             start_id=start_id,
         )
         return {pid: table[pid].starttime for pid in dom.members}, dom.groups
