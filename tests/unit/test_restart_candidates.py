@@ -20,18 +20,20 @@ TAG = f"restart-candidates-{time.time_ns()}"
 
 
 @pytest.fixture
-def family():
-    """A 'supervisor' (sh) with two matching children, one forking a worker of the same command
-    line, and an identical process outside its tree."""
-    script = (f"{sys.executable} -c 'import os,time; os.fork(); time.sleep(60)' {TAG} & "
-              f"sleep 60 & wait")
-    sup = subprocess.Popen(["sh", "-c", script])
+def family(tmp_path):
+    """A 'supervisor' (sh running a script: its own command line does not match) with a matching
+    child that forks a worker of the same command line, and an identical process outside its tree."""
+    script = tmp_path / "sup.sh"
+    script.write_text(f"{sys.executable} -c 'import os,time; os.fork(); time.sleep(60)' {TAG} &\n"
+                      "sleep 60 &\nwait\n")
+    sup = subprocess.Popen(["sh", str(script)])
     outside = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", TAG])
     try:
         deadline = time.monotonic() + 20
         while True:
             table = procs.snapshot()
-            kids = [p for p in procs.descendants(table, sup.pid) if TAG in p.cmdline]
+            kids = [p for p in procs.descendants(table, sup.pid)
+                    if p.argv[:1] == (sys.executable,) and TAG in p.cmdline]
             if len(kids) == 2 or time.monotonic() > deadline:
                 break
             time.sleep(0.02)
