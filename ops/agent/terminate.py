@@ -5,6 +5,7 @@ nothing of it is left and its port is free. A failed state write never aborts th
 """
 
 import os
+import select
 import signal
 import time
 
@@ -13,6 +14,26 @@ from .gates import (
     describe_pids,
 )
 from .hostview import KILL_WAIT, POLL, HostView
+
+
+def exit_fds(targets):
+    """{pid: pidfd} for the targets ({pid: start time}) that are still those processes; {} where
+    pidfds do not exist. The start time is read after the pidfd is opened, so a pidfd never
+    stands for a process that took a dead target's pid."""
+    fds = {}
+    if not hasattr(os, "pidfd_open"):
+        return fds
+    for tpid, starttime in targets.items():
+        try:
+            fd = os.pidfd_open(tpid)
+        except OSError:
+            continue
+        p = procs.get(tpid)
+        if p is not None and p.alive and p.starttime == starttime:
+            fds[tpid] = fd
+        else:
+            os.close(fd)
+    return fds
 
 
 def _signum(name):
@@ -217,17 +238,29 @@ class StopMixin(HostView):
 
 
     def _wait_gone(self, targets, timeout):
+        """The targets still alive (same pid and start time) when all are gone or at the timeout.
+        Where the kernel offers it (Linux 5.3+, python 3.9+) the wait wakes the moment one exits
+        (a pidfd becomes readable), instead of on the next 20 ms poll."""
         deadline = self.clock() + timeout
-        while True:
-            self.reap()
-            alive = []
-            for tpid, starttime in targets.items():
-                p = procs.get(tpid)
-                if p is not None and p.alive and p.starttime == starttime:
-                    alive.append(tpid)
-            if not alive or self.clock() >= deadline:
-                return alive
-            self.sleep(POLL)
+        fds = exit_fds(targets)
+        try:
+            while True:
+                self.reap()
+                alive = []
+                for tpid, starttime in targets.items():
+                    p = procs.get(tpid)
+                    if p is not None and p.alive and p.starttime == starttime:
+                        alive.append(tpid)
+                if not alive or self.clock() >= deadline:
+                    return alive
+                watch = [fds[p] for p in alive if p in fds]
+                if watch and len(watch) == len(alive):
+                    select.select(watch, [], [], min(POLL, max(0.0, deadline - self.clock())))
+                else:
+                    self.sleep(POLL)
+        finally:
+            for fd in fds.values():
+                os.close(fd)
 
 
     def _owned_matches(self, top, specs, table):
