@@ -27,13 +27,24 @@ def parse_env_file(text):
     return env
 
 
+SEEN = set()  # every secret value any request of this agent read: its error events are redacted
+
+
+class _Values(set):
+    """A set of secret values that also records each one in SEEN."""
+
+    def add(self, value):
+        SEEN.add(value)
+        set.add(self, value)
+
+
 class Secrets:
     """Reads secret files (relative paths are taken under `base`, the checkout) and remembers
     their values for redaction."""
 
     def __init__(self, base=None):
         self.base = base
-        self.values = set()
+        self.values = _Values()
 
     def read_file(self, path):
         """The stripped content of a secret file on the host, or None if unreadable."""
@@ -94,3 +105,20 @@ class Secrets:
         if isinstance(obj, (list, tuple)):
             return [self.redact_obj(v) for v in obj]
         return obj
+
+
+def redact_error(event, args):
+    """An error event of the agent (its message and trace: an exception's text may quote what
+    the op was working on) with every secret redacted: those this agent has read so far, and those
+    of the services the failed request named (their env_file values, their health header files)."""
+    host = args.get("host") if isinstance(args, dict) else None
+    base = expand(host["path"]) if isinstance(host, dict) and isinstance(host.get("path"), str) else None
+    secrets = Secrets(base)
+    for spec in list((args or {}).get("services") or []) + list((args or {}).get("all_services") or []):
+        if isinstance(spec, dict):
+            try:
+                secrets.load_spec(spec)
+            except Exception:  # noqa: S112 (a bad spec is the op's error, reported already)
+                continue
+    secrets.values.update(SEEN)
+    return secrets.redact_obj(event)

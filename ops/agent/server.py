@@ -273,7 +273,9 @@ def _loop(inp, chan):
                 "trace": traceback.format_exc(limit=5),
             }
             event.update(os_error_fields(exc))
-            chan.send(event)
+            from .secrets import redact_error
+
+            chan.send(redact_error(event, req.get("args")))
         finally:
             path = (req.get("args") or {}).get("_stream")
             if path:
