@@ -278,3 +278,22 @@ def test_a_request_stream_passes_through_the_holder_whole(tmp_path, sshd, runtim
         warm.close()
     again = _held(inv)  # and the agent was kept: every request was answered
     again.close()
+
+
+def test_a_task_that_fails_on_its_own_after_attaching_early_hands_the_agent_back(tmp_path, sshd, runtime):
+    # the task attaches to the held agent as soon as it knows its host (open_early), then refuses
+    # an unknown service (exit 2): the held agent it did not use goes back to the holder, idle
+    inv = _inventory(tmp_path, sshd)
+    env = dict(os.environ, OPS_INVENTORY=inv.path, PYTHONPATH=str(REPO))
+    _open(inv).close()
+    held = _held(inv)
+    agent_pid = held.agent.hello["pid"]
+    held.close()
+    for task in ("stop", "status"):
+        r = subprocess.run([sys.executable, "-m", "invoke", task, "--host", "box", "--service", "nosuch"],
+                           cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2, r.stdout + r.stderr
+    again = _held(inv)
+    assert again.agent.hello["pid"] == agent_pid  # still held, not busy, the same agent
+    assert again.call("ping")["pong"]
+    again.close()
