@@ -66,7 +66,7 @@ class HostView:
                 continue
             seen.add(id(spec))
             try:
-                spec["match"] = ownership.default_match(self.resolved_argv(spec))
+                spec["match"] = ownership.default_match(ownership.shown_argv(self.resolved_argv(spec)))
             except ValueError:
                 pass  # an unparsable cmd: start reports it
 

@@ -99,8 +99,49 @@ def literal(text):
 
 
 def default_match(argv):
-    """The default pattern of a service: its resolved command line, anchored at both ends."""
-    return "^" + literal(" ".join(argv)) + "$"
+    """The default pattern of a service: its resolved command line as the process shows it,
+    anchored at both ends. A program named without a path (``python3``) may show as a full path:
+    a shim such as pyenv's or asdf's execs the real interpreter by its path, so the pattern
+    accepts any directory in front of that first word (and nothing else)."""
+    if not argv:
+        return "^$"
+    first = literal(argv[0])
+    if "/" not in argv[0]:
+        first = r"(?:\S*/)?" + first
+    return "^" + " ".join([first] + [literal(a) for a in argv[1:]]) + "$"
+
+
+def shebang(path):
+    """The interpreter command a script's ``#!`` line runs it with, as the process will show it:
+    ``["/bin/sh"]``, ``["/usr/bin/python3", "-u"]``, or ``["python3"]`` for ``/usr/bin/env
+    python3`` (env runs it by name). None for anything that is not a readable script."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(256)
+    except OSError:
+        return None
+    if not head.startswith(b"#!"):
+        return None
+    line = head[2:].split(b"\n", 1)[0].decode("utf-8", "replace").strip()
+    interp, _, arg = line.partition(" ")  # the kernel passes the rest of the line as ONE argument
+    arg = arg.strip()
+    if not interp:
+        return None
+    if os.path.basename(interp) == "env" and arg and not arg.startswith("-") and " " not in arg:
+        return [arg]
+    return [interp] + ([arg] if arg else [])
+
+
+def shown_argv(argv, read_shebang=shebang):
+    """The command line a process started with argv shows: for a script given by its path
+    (``./run.sh``, resolved), the kernel runs its ``#!`` interpreter with the script's path as
+    the next argument. A program found by PATH is left as named (a shim there is itself a script
+    that execs something else)."""
+    if argv and argv[0].startswith("/"):
+        interp = read_shebang(argv[0])
+        if interp:
+            return interp + list(argv)
+    return list(argv)
 
 
 def under(path, roots):

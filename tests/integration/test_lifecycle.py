@@ -143,8 +143,9 @@ def test_start_follows_after_and_a_failure_skips_the_rest(rig: Rig) -> None:
 def test_start_refuses_when_an_unmanaged_copy_already_runs(rig: Rig) -> None:
     cmd = rig.script("late_ready.py", "--delay", 0)
     rig.write({"svc": {"cmd": cmd, "ready": {"log": "ready"}}})
-    copy, _ = rig.tracker.start(cmd.split(), cwd=rig.checkout)
-    wait_until(lambda: rig.running(), 5)
+    copy, copy_log = rig.tracker.start(cmd.split(), cwd=rig.checkout)
+    # its first line: the interpreter runs (not a shim of python3 still on its way to it)
+    wait_until(lambda: "booting" in copy_log.read_text(), 10)
 
     r = by_name(rig.start())["svc"]
 

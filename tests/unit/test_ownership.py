@@ -73,10 +73,38 @@ def test_relative_paths_in_a_command_are_resolved_under_its_cwd_only_when_they_e
 
 def test_the_default_pattern_is_the_command_line_anchored_at_both_ends() -> None:
     pattern = ownership.default_match(["python3", "/p/svc.py", "--tag", "w"])
-    assert pattern == "^python3 /p/svc\\.py --tag w$"
+    assert pattern == "^(?:\\S*/)?python3 /p/svc\\.py --tag w$"
     assert re.search(pattern, "python3 /p/svc.py --tag w")
     assert not re.search(pattern, "python3 /p/svc.py --tag w --port 20195")
     assert not re.search(pattern, "python3 /q/p/svc.py --tag w")
+
+
+def test_a_program_named_without_a_path_may_show_as_a_full_path_and_nothing_else() -> None:
+    # a shim (pyenv, asdf) execs the real interpreter by its path: the process shows that path
+    pattern = ownership.default_match(["python3", "/p/svc.py"])
+    assert re.search(pattern, "/root/.pyenv/versions/3.11.7/bin/python3 /p/svc.py")
+    assert not re.search(pattern, "/usr/bin/python3.11 /p/svc.py")
+    assert not re.search(pattern, "mypython3 /p/svc.py")
+    assert not re.search(pattern, "sudo python3 /p/svc.py")
+    exact = ownership.default_match(["/srv/app/.venv/bin/python", "/p/svc.py"])
+    assert exact == "^/srv/app/\\.venv/bin/python /p/svc\\.py$"  # a path is taken as written
+
+
+def test_a_script_shows_its_interpreter_first(tmp_path) -> None:
+    env_py = tmp_path / "a.py"
+    env_py.write_text("#!/usr/bin/env python3\nprint(1)\n")
+    direct = tmp_path / "b.sh"
+    direct.write_text("#! /bin/sh -e\necho\n")
+    binary = tmp_path / "c"
+    binary.write_bytes(b"\x7fELF\x02\x01")
+    assert ownership.shown_argv([str(env_py), "--x"]) == ["python3", str(env_py), "--x"]
+    assert ownership.shown_argv([str(direct)]) == ["/bin/sh", "-e", str(direct)]
+    assert ownership.shown_argv([str(binary), "1"]) == [str(binary), "1"]
+    assert ownership.shown_argv([str(tmp_path / "missing")]) == [str(tmp_path / "missing")]
+    assert ownership.shown_argv(["python3", str(env_py)]) == ["python3", str(env_py)]  # by PATH: as named
+    pattern = ownership.default_match(ownership.shown_argv([str(env_py), "--x"]))
+    assert re.search(pattern, f"/usr/bin/python3 {env_py} --x")
+    assert not re.search(pattern, f"{env_py} --x")  # never what the process shows
 
 
 # --- the domain: identity first, then marker, then pattern + user + checkout ------------------------
@@ -182,7 +210,7 @@ def inv_data(worker_high: dict[str, Any] | None = None, **worker: Any) -> dict[s
 def test_the_default_patterns_of_services_sharing_a_prefix_do_not_overlap() -> None:
     host = inventory.parse(inv_data(), "hosts.toml").host("box")
     worker, high = host.service("worker"), host.service("worker_high")
-    assert worker.match == "^python3 /srv/app/svc\\.py --tag w$" and worker.match_default
+    assert worker.match == "^(?:\\S*/)?python3 /srv/app/svc\\.py --tag w$" and worker.match_default
     assert not re.search(worker.match, inventory.command_line(high) or "")
 
 
