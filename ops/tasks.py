@@ -218,11 +218,13 @@ def restart(c, host=None, service=None, json=False, lock_wait="0", no_persist=Fa
         "n": "how many lines (default 50)",
         "follow": "stream new lines until Ctrl-C",
         "json": JSON_HELP,
+        "no-persist": NO_PERSIST_HELP,
     },
 )
 @errors_to_exit
-def logs(c, service, host=None, n="50", follow=False, json=False):
+def logs(c, service, host=None, n="50", follow=False, json=False, no_persist=False):
     """Print the last lines of a service's log (--follow streams until Ctrl-C)."""
+    _no_persist(no_persist)
     from ops import control
     from ops.errors import UsageError
     from ops.inventory import resolve_hosts
@@ -243,7 +245,7 @@ def logs(c, service, host=None, n="50", follow=False, json=False):
             control.follow(session, svc, rep.follow_line)
 
 
-_UNIT_BASE_HELP = {k: v for k, v in PHASE_HELP.items() if k != "no-persist"}
+_UNIT_BASE_HELP = dict(PHASE_HELP)
 UNIT_HELP = {**_UNIT_BASE_HELP, "now": "also start (enable) / stop (disable) it now, with the same gates"}
 
 
@@ -282,23 +284,26 @@ def _unit_phase(phase: str, host: str | None, service: list[str] | None, as_json
 
 @task(dry="refuse", iterable=["service"], help=UNIT_HELP)
 @errors_to_exit
-def enable(c, host=None, service=None, now=False, json=False, lock_wait="0"):
+def enable(c, host=None, service=None, now=False, json=False, lock_wait="0", no_persist=False):
     """Start systemd unit services at boot (systemctl enable); --now also starts them with gates."""
+    _no_persist(no_persist)
     _unit_phase("enable", host, service, json, lock_wait, now=now)
 
 
 @task(dry="refuse", iterable=["service"], help=UNIT_HELP)
 @errors_to_exit
-def disable(c, host=None, service=None, now=False, json=False, lock_wait="0"):
+def disable(c, host=None, service=None, now=False, json=False, lock_wait="0", no_persist=False):
     """Do not start systemd unit services at boot (systemctl disable); --now also stops them."""
+    _no_persist(no_persist)
     _unit_phase("disable", host, service, json, lock_wait, now=now)
 
 
 @task(dry="plan", iterable=["service"],
       help={**_UNIT_BASE_HELP, "dry-run": "print the unit files that would be written; change nothing"})
 @errors_to_exit
-def persist(c, host=None, service=None, dry_run=False, json=False, lock_wait="0"):
+def persist(c, host=None, service=None, dry_run=False, json=False, lock_wait="0", no_persist=False):
     """Write a systemd unit for tool-run services, enable it: they come back after a reboot."""
+    _no_persist(no_persist)
     _unit_phase("persist", host, service, json, lock_wait, dry_run=dry_run)
 
 
@@ -362,18 +367,22 @@ def deploy(c, host=None, dry_run=False, no_rollback=False, lock_wait="0", serial
 
 @task(dry="plan", help={"host": HOST_HELP, "dry-run": "show the plan only", "json": JSON_HELP,
                         "lock-wait": DEPLOY_HELP["lock-wait"],
-                        "to": "roll back to this commit (of the host's history or the repo)"})
+                        "to": "roll back to this commit (of the host's history or the repo)",
+                        "no-persist": NO_PERSIST_HELP})
 @errors_to_exit
-def rollback(c, host=None, dry_run=False, lock_wait="0", to=None, json=False):
+def rollback(c, host=None, dry_run=False, lock_wait="0", to=None, json=False, no_persist=False):
     """Roll back to the last good deploy before the current one (never to a rolled-back one)."""
+    _no_persist(no_persist)
     _deploy(host, json, rollback_only=True, dry_run=dry_run, lock_wait=number(lock_wait, "lock-wait"),
             to=to or None)
 
 
-@task(dry="refuse", help={"host": HOST_HELP, "force": "break the lock even if its holder runs"})
+@task(dry="refuse", help={"host": HOST_HELP, "force": "break the lock even if its holder runs",
+                          "no-persist": NO_PERSIST_HELP})
 @errors_to_exit
-def unlock(c, host=None, force=False):
+def unlock(c, host=None, force=False, no_persist=False):
     """Break a stale deploy lock (one whose deploy is gone)."""
+    _no_persist(no_persist)
     from ops import deploy as dep
     from ops.inventory import resolve_hosts
     from ops.report import Reporter, choose_format
@@ -387,10 +396,12 @@ def unlock(c, host=None, force=False):
         rep.line(f"{h.name}: " + ("lock released" if r["released"] else r.get("detail", "not released")))
 
 
-@task(help={"host": HOST_HELP, "n": "how many runs (default 20)", "json": JSON_HELP})
+@task(help={"host": HOST_HELP, "n": "how many runs (default 20)", "json": JSON_HELP,
+            "no-persist": NO_PERSIST_HELP})
 @errors_to_exit
-def journal(c, host=None, n="20", json=False):
+def journal(c, host=None, n="20", json=False, no_persist=False):
     """Show the last deploy runs recorded on a host."""
+    _no_persist(no_persist)
     from ops import deploy as dep
     from ops import report
     from ops.inventory import resolve_hosts
@@ -431,17 +442,19 @@ PREFLIGHT_HELP = {
     "repo": "the local checkout to check (default: [preflight] repo, else the current directory)",
     "dry-run": "list the checks and what each verifies; run nothing",
     "no-fetch": "do not fetch the base's remote first (the age of the local ref is shown)",
+    "no-persist": NO_PERSIST_HELP,
 }
 
 
 @task(dry="plan", help=PREFLIGHT_HELP)
 @errors_to_exit
 def preflight(c, base=None, commits=None, expect=None, keep_going=False, markdown=False, json=False,
-              host=None, repo=None, dry_run=False, no_fetch=False):
+              host=None, repo=None, dry_run=False, no_fetch=False, no_persist=False):
     """Checks before a PR: commits, clean tree, diff size, remote health and test counts.
 
     Stops at the first failing check (--keep-going runs all); exit 0 only if every check passed.
     """
+    _no_persist(no_persist)
     from ops import preflight as pf
     from ops import report
     from ops.errors import UsageError
@@ -482,14 +495,16 @@ PR_HELP = {
     "no-fetch": PREFLIGHT_HELP["no-fetch"],
     "json": JSON_HELP,
     "dry-run": "list the checks and the gh command; run nothing",
+    "no-persist": NO_PERSIST_HELP,
 }
 
 
 @task(auto_shortflags=False, help=PR_HELP)
 @errors_to_exit
 def pr(c, base=None, title=None, draft=False, body_file=None, commits=None, expect=None, host=None,
-       repo=None, no_fetch=False, json=False, dry_run=False):
+       repo=None, no_fetch=False, json=False, dry_run=False, no_persist=False):
     """Run the pre-flight; only if every check passed, open the PR with gh and print its URL."""
+    _no_persist(no_persist)
     from ops import pr as prm
     from ops import preflight as pf
     from ops import report
@@ -540,14 +555,16 @@ def _verify(kind: str, host: str | None, as_json: bool, run: Callable[..., Any],
     _exit_for(outcomes, lambda o: o.value.ok)
 
 
-VERIFY_HELP = {"host": HOST_HELP, "json": JSON_HELP, "service": "the service to check"}
+VERIFY_HELP = {"host": HOST_HELP, "json": JSON_HELP, "service": "the service to check",
+               "no-persist": NO_PERSIST_HELP}
 VERIFY_MANY_HELP = {**VERIFY_HELP, "service": SERVICE_HELP}
 
 
 @task(name="tree", positional=["service"], help=VERIFY_HELP)
 @errors_to_exit
-def verify_tree(c, service, host=None, json=False):
+def verify_tree(c, service, host=None, json=False, no_persist=False):
     """SERVICE runs under its supervisor (or its recorded pid lives), once; prints its tree."""
+    _no_persist(no_persist)
     from ops import verify
 
     _verify("tree", host, json, lambda s, ev: verify.tree(s, [service], ev),
@@ -561,8 +578,10 @@ def verify_tree(c, service, host=None, json=False):
     "timeout": "seconds the supervisor has to bring it back and pass its gates (default 30)",
 })
 @errors_to_exit
-def verify_restart(c, service, host=None, signal="KILL", timeout="30", json=False):
+def verify_restart(c, service, host=None, signal="KILL", timeout="30", json=False,
+                   no_persist=False):
     """Kill SERVICE, wait for its supervisor to restart it and its gates to pass; time it."""
+    _no_persist(no_persist)
     from ops import verify
 
     secs = number(timeout, "timeout")
@@ -574,8 +593,9 @@ def verify_restart(c, service, host=None, signal="KILL", timeout="30", json=Fals
 
 @task(name="orphans", iterable=["service"], help=VERIFY_MANY_HELP)
 @errors_to_exit
-def verify_orphans(c, host=None, service=None, json=False):
+def verify_orphans(c, host=None, service=None, json=False, no_persist=False):
     """No process matching a service's pattern runs outside its service's process tree."""
+    _no_persist(no_persist)
     from ops import verify
     from ops.inventory import select_services
 
@@ -586,8 +606,9 @@ def verify_orphans(c, host=None, service=None, json=False):
 
 @task(name="health", iterable=["service"], help=VERIFY_MANY_HELP)
 @errors_to_exit
-def verify_health(c, host=None, service=None, json=False):
+def verify_health(c, host=None, service=None, json=False, no_persist=False):
     """Every declared health check, once, with its timing."""
+    _no_persist(no_persist)
     from ops import verify
 
     names = _names(service)
@@ -597,8 +618,9 @@ def verify_health(c, host=None, service=None, json=False):
 
 @task(name="heartbeat", positional=["service"], help=VERIFY_HELP)
 @errors_to_exit
-def verify_heartbeat(c, service, host=None, json=False):
+def verify_heartbeat(c, service, host=None, json=False, no_persist=False):
     """SERVICE's heartbeat file is younger than its max_age."""
+    _no_persist(no_persist)
     from ops import verify
 
     _verify("heartbeat", host, json, lambda s, ev: verify.heartbeat(s, [service], ev),
@@ -613,8 +635,10 @@ def verify_heartbeat(c, service, host=None, json=False):
     "min-mem-mb": "fail when MemAvailable falls below this (default: the host's min_mem_available_mb)",
 })
 @errors_to_exit
-def verify_watch(c, host=None, service=None, seconds="10", interval="1", min_mem_mb=None, json=False):
+def verify_watch(c, host=None, service=None, seconds="10", interval="1", min_mem_mb=None, json=False,
+                 no_persist=False):
     """Watch process counts and free memory: fail on too many, a growing count, or low memory."""
+    _no_persist(no_persist)
     from ops import verify
     from ops.errors import UsageError
     from ops.inventory import select_services
@@ -629,10 +653,11 @@ def verify_watch(c, host=None, service=None, seconds="10", interval="1", min_mem
             lambda h: select_services(h, names))
 
 
-@task(dry="refuse", name="all", help={"host": HOST_HELP, "json": JSON_HELP})
+@task(dry="refuse", name="all", help={"host": HOST_HELP, "json": JSON_HELP, "no-persist": NO_PERSIST_HELP})
 @errors_to_exit
-def verify_all(c, host=None, json=False):
+def verify_all(c, host=None, json=False, no_persist=False):
     """Every check hosts.toml declares for the host's services, in order (deploy's verify step)."""
+    _no_persist(no_persist)
     from ops import verify
 
     _verify("all", host, json, lambda s, ev: verify.verify_all(s, ev))

@@ -37,3 +37,27 @@ def test_a_bad_numeric_flag_is_a_clear_error_not_a_traceback(args):
     assert "Traceback" not in r.stderr
     flag = next(a for a in args if a.startswith("-"))
     assert f"error: {flag} takes a" in r.stderr
+
+
+LOCAL_ONLY = {"hosts", "disconnect"}  # the tasks that never connect to a host
+
+
+def test_every_task_that_connects_offers_no_persist_and_honours_it(monkeypatch):
+    import os
+
+    from ops import tasks
+
+    for ctx in tasks.ns.to_contexts():
+        if ctx.name in LOCAL_ONLY:
+            assert "--no-persist" not in ctx.flags, ctx.name
+            continue
+        assert "--no-persist" in ctx.flags, f"{ctx.name} has no --no-persist"
+    body = tasks.ns["verify.all"].body
+    monkeypatch.delenv("OPS_NO_PERSIST", raising=False)
+    monkeypatch.setenv("OPS_INVENTORY", "/nonexistent/hosts.toml")
+    from invoke import Exit
+
+    with pytest.raises(Exit) as stopped:  # the inventory is missing: the task stops, after the flag
+        body(None, no_persist=True)
+    assert stopped.value.code == 2
+    assert os.environ.get("OPS_NO_PERSIST") == "1"
