@@ -29,18 +29,22 @@ def agent_pids() -> set[int]:
     return out
 
 
+def inv(sshd, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`inv ARGS` on one sshd host "box" running service "s" (never started here)."""
+    path = tmp_path / "hosts.toml"
+    path.write_text(f'[ssh]\nconfig = "{sshd.ssh_config_path}"\n'
+                    f'[hosts.box]\nssh = "opstest-early"\npath = "{tmp_path}"\n'
+                    f'state_dir = "{tmp_path / "state"}"\nservices = ["s"]\n'
+                    '[services.s]\ncmd = "sleep 1000"\n')
+    env = {**os.environ, "OPS_INVENTORY": str(path), "OPS_NO_PERSIST": "1"}
+    return subprocess.run([sys.executable, "-m", "invoke", "--search-root", str(REPO), *args], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=60)
+
+
 def test_a_usage_error_after_the_early_open_exits_2_and_leaves_no_agent(sshd, tmp_path: Path) -> None:
-    inv = tmp_path / "hosts.toml"
-    inv.write_text(f'[ssh]\nconfig = "{sshd.ssh_config_path}"\n'
-                   f'[hosts.box]\nssh = "opstest-early"\npath = "{tmp_path}"\n'
-                   f'state_dir = "{tmp_path / "state"}"\nservices = ["s"]\n'
-                   '[services.s]\ncmd = "sleep 1000"\n')
-    env = {**os.environ, "OPS_INVENTORY": str(inv), "OPS_NO_PERSIST": "1"}
     before = agent_pids()
-    for args in (["stop", "--host", "box", "--service", "nosuch"],
-                 ["status", "--host", "box", "--service", "nosuch"]):
-        r = subprocess.run([sys.executable, "-m", "invoke", "--search-root", str(REPO), *args], cwd=tmp_path,
-                           env=env, capture_output=True, text=True, timeout=60)
+    for task in ("stop", "status"):
+        r = inv(sshd, tmp_path, task, "--host", "box", "--service", "nosuch")
         assert r.returncode == 2, r.stdout + r.stderr
         assert "nosuch" in r.stdout + r.stderr
     wait_until(lambda: not (agent_pids() - before), timeout=15,
@@ -48,13 +52,6 @@ def test_a_usage_error_after_the_early_open_exits_2_and_leaves_no_agent(sshd, tm
 
 
 def test_the_same_command_with_a_known_service_runs_on_the_early_session(sshd, tmp_path: Path) -> None:
-    inv = tmp_path / "hosts.toml"
-    inv.write_text(f'[ssh]\nconfig = "{sshd.ssh_config_path}"\n'
-                   f'[hosts.box]\nssh = "opstest-early"\npath = "{tmp_path}"\n'
-                   f'state_dir = "{tmp_path / "state"}"\nservices = ["s"]\n'
-                   '[services.s]\ncmd = "sleep 1000"\n')
-    env = {**os.environ, "OPS_INVENTORY": str(inv), "OPS_NO_PERSIST": "1"}
-    r = subprocess.run([sys.executable, "-m", "invoke", "--search-root", str(REPO), "status", "--host", "box",
-                        "--service", "s"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    r = inv(sshd, tmp_path, "status", "--host", "box", "--service", "s")
     assert r.returncode == 6, r.stdout + r.stderr  # stopped (README: exit codes of status)
     assert "stopped" in r.stdout

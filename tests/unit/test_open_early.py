@@ -11,6 +11,7 @@ import pytest
 
 from ops import session as S
 from ops.errors import Unreachable
+from tests.harness import wait_until
 
 
 class FakeSession:
@@ -40,6 +41,12 @@ class FakeSession:
 class Host:
     def __init__(self, name: str, fail: bool = False, gate: threading.Event | None = None) -> None:
         self.name, self.fail, self.gate = name, fail, gate
+
+
+def wait_closed() -> None:
+    """The one session opened gets closed (bounded wait)."""
+    wait_until(lambda: FakeSession.opened and FakeSession.opened[0].closed, 10)
+    assert FakeSession.opened[0].closed == 1
 
 
 @pytest.fixture(autouse=True)
@@ -82,11 +89,7 @@ def test_a_session_nobody_adopted_is_closed_by_drop_early() -> None:
     # its opening may still be running: it is closed as soon as it ends
     with S._EARLY_LOCK:
         assert S._EARLY == {}
-    for _ in range(500):
-        if FakeSession.opened and FakeSession.opened[0].closed:
-            break
-        threading.Event().wait(0.01)
-    assert FakeSession.opened[0].closed == 1
+    wait_closed()
 
 
 def test_drop_early_does_not_wait_for_a_slow_opening() -> None:
@@ -96,11 +99,7 @@ def test_drop_early_does_not_wait_for_a_slow_opening() -> None:
     S.drop_early()  # returns although the opening is blocked
     assert FakeSession.opened == []
     gate.set()
-    for _ in range(500):
-        if FakeSession.opened and FakeSession.opened[0].closed:
-            break
-        threading.Event().wait(0.01)
-    assert FakeSession.opened[0].closed == 1
+    wait_closed()
 
 
 def test_each_host_is_opened_early_once() -> None:
