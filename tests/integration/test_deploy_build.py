@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from ops import inventory
 from ops.session import connect
 from tests.harness import git
@@ -16,16 +14,8 @@ from tests.integration.deploykit import (
     health_commit,
     make_repo,
     run_inv,
-    stop_everything,
     write_inventory,
 )
-
-
-@pytest.fixture
-def used():
-    paths: list = []
-    yield paths
-    stop_everything(paths)
 
 
 def api_pid(inv_path) -> int:

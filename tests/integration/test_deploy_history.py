@@ -18,16 +18,8 @@ from tests.integration.deploykit import (
     health_commit,
     make_repo,
     run_inv,
-    stop_everything,
     write_inventory,
 )
-
-
-@pytest.fixture
-def used():
-    paths: list = []
-    yield paths
-    stop_everything(paths)
 
 
 @pytest.fixture

@@ -7,22 +7,13 @@ from __future__ import annotations
 import json
 import os
 
-import pytest
-
 from ops import deploy, inventory
 from ops.agentclient import STREAM_CHUNK
 from ops.session import connect
 from tests.harness import git
-from tests.integration.deploykit import make_repo, run_inv, stop_everything, write_inventory
+from tests.integration.deploykit import make_repo, run_inv, write_inventory
 
 BLOB = 48 << 20
-
-
-@pytest.fixture
-def used():
-    paths: list = []
-    yield paths
-    stop_everything(paths)
 
 
 def test_a_large_bundle_is_streamed_in_bounded_chunks(tmp_path, sshd, used, monkeypatch):

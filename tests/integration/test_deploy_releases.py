@@ -9,8 +9,6 @@ import json
 import os
 import shutil
 
-import pytest
-
 from ops import inventory
 from tests.harness import git, wait_until
 from tests.integration.deploykit import (
@@ -22,13 +20,6 @@ from tests.integration.deploykit import (
     stop_everything,
     write_inventory,
 )
-
-
-@pytest.fixture
-def used():
-    paths: list = []
-    yield paths
-    stop_everything(paths)
 
 
 def serves(inv_path, commit: str) -> None:

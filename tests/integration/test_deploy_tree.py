@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from ops import control, inventory
 from ops.session import connect
 from tests.harness import git
@@ -18,13 +16,6 @@ from tests.integration.deploykit import (
     stop_everything,
     write_inventory,
 )
-
-
-@pytest.fixture
-def used():
-    paths: list = []
-    yield paths
-    stop_everything(paths)
 
 
 def pids(inv_path) -> dict[str, int]:

@@ -4,8 +4,6 @@ saved; an unwritable local journal is a warning. Over the real sshd, on a real s
 
 from __future__ import annotations
 
-import pytest
-
 from ops import inventory
 from tests.harness import wait_for_port_closed
 from tests.integration.deploykit import (
@@ -14,16 +12,8 @@ from tests.integration.deploykit import (
     run_inv,
     small_tmpfs,
     states,
-    stop_everything,
     write_inventory,
 )
-
-
-@pytest.fixture
-def used():
-    paths: list = []
-    yield paths
-    stop_everything(paths)
 
 
 def test_stop_on_a_full_disk_stops_every_service_and_names_what_was_not_written(tmp_path, sshd, used):
