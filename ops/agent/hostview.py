@@ -66,9 +66,12 @@ class HostView:
                 continue
             seen.add(id(spec))
             try:
-                spec["match"] = ownership.default_match(ownership.shown_argv(self.resolved_argv(spec)))
+                argv = self.resolved_argv(spec)
             except ValueError:
-                pass  # an unparsable cmd: start reports it
+                continue  # an unparsable cmd: start reports it
+            path = (spec.get("env") or {}).get("PATH") or os.environ.get("PATH", "")
+            spec["match"] = ownership.default_match(ownership.shown_argv(argv),
+                                                    script=ownership.path_script(argv, path))
 
 
     def resolved_argv(self, spec):

@@ -98,17 +98,47 @@ def literal(text):
     return "".join("\\" + c if c in _SPECIAL else c for c in text)
 
 
-def default_match(argv):
+def _word(word):
+    """One command word as a pattern: a program named without a path (``python3``) may show as a
+    full path, since a shim such as pyenv's or asdf's execs the real program by its path, so any
+    directory is accepted in front of it (and nothing else)."""
+    return literal(word) if "/" in word else r"(?:\S*/)?" + literal(word)
+
+
+def default_match(argv, script=None):
     """The default pattern of a service: its resolved command line as the process shows it,
-    anchored at both ends. A program named without a path (``python3``) may show as a full path:
-    a shim such as pyenv's or asdf's execs the real interpreter by its path, so the pattern
-    accepts any directory in front of that first word (and nothing else)."""
+    anchored at both ends. ``script``: when PATH finds the program as a script, what its process
+    shows in its place (its ``#!`` interpreter, then the script's full path; path_script), the
+    other form the first word may take."""
     if not argv:
         return "^$"
-    first = literal(argv[0])
-    if "/" not in argv[0]:
-        first = r"(?:\S*/)?" + first
+    first = _word(argv[0])
+    if script:
+        first = "(?:%s|%s)" % (first, " ".join([_word(script[0])] + [literal(a) for a in script[1:]]))
     return "^" + " ".join([first] + [literal(a) for a in argv[1:]]) + "$"
+
+
+def which(name, path):
+    """The executable file PATH (a string) finds for a program name, or None (shutil.which's rule,
+    without importing shutil into the agent)."""
+    for d in (path or "").split(os.pathsep):
+        candidate = os.path.join(d or ".", name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def path_script(argv, path, read_shebang=None):
+    """For a program named without a path that PATH finds as a script (a venv's console script,
+    a tool's launcher): what its process shows in front of the arguments, ``[interpreter...,
+    full path]``; None when it is not one."""
+    if not argv or "/" in argv[0]:
+        return None
+    found = which(argv[0], path)
+    if found is None:
+        return None
+    interp = (read_shebang or shebang)(found)
+    return interp + [found] if interp else None
 
 
 def shebang(path):

@@ -56,3 +56,23 @@ def test_a_script_run_by_its_path_is_found_by_what_its_process_shows(rig: Rig) -
     wait_until(lambda: copy.poll() is not None, 10)
     assert not pid_alive(started["pid"])
     assert os.path.exists(script)
+
+
+def test_a_script_found_by_path_is_found_by_what_its_process_shows(rig: Rig) -> None:
+    bindir = rig.checkout / "bin"
+    bindir.mkdir()
+    tool = bindir / "idle-tool"  # like a venv's console script: a #! script that PATH finds
+    shutil.copy(rig.checkout / "services" / "idle.py", tool)
+    tool.chmod(0o755)
+    path = f"{bindir}:/usr/local/bin:/usr/bin:/bin"
+    rig.write({"svc": {"cmd": "idle-tool dp-path", "env": {"PATH": path}, "ready": {"log": "idle ready"}}})
+    started = by_name(rig.start())["svc"]
+    assert started["outcome"] == "started", started
+    copy, copy_log = rig.tracker.start([str(tool), "dp-path"], cwd=rig.checkout)
+    wait_until(lambda: "idle ready" in copy_log.read_text(), 10)
+
+    r = by_name(rig.stop())["svc"]
+
+    assert r["outcome"] == "stopped", r
+    assert copy.pid in [o["pid"] for o in r["orphans"]]
+    wait_until(lambda: copy.poll() is not None, 10)

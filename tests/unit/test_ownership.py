@@ -239,3 +239,25 @@ def test_relative_commands_resolve_under_the_hosts_checkout() -> None:
     assert (
         host.service("worker").match == "^/srv/app/\\.venv/bin/python /srv/app/scripts/phone_call\\.py auto$"
     )
+
+
+def test_a_program_that_path_finds_as_a_script_may_show_its_interpreter_and_full_path(tmp_path) -> None:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    tool = bindir / "serve"  # a venv's console script
+    tool.write_text("#!/srv/app/.venv/bin/python3\nimport sys\n")
+    tool.chmod(0o755)
+    plain = bindir / "plain"
+    plain.write_bytes(b"\x7fELF")
+    plain.chmod(0o755)
+    path = f"/nonexistent:{bindir}"
+    script = ownership.path_script(["serve", "app:app"], path)
+    assert script == ["/srv/app/.venv/bin/python3", str(tool)]
+    assert ownership.path_script(["plain"], path) is None  # not a script
+    assert ownership.path_script(["missing"], path) is None
+    assert ownership.path_script([str(tool)], path) is None  # given by path: shown_argv's case
+    pattern = ownership.default_match(["serve", "app:app"], script=script)
+    assert re.search(pattern, f"/srv/app/.venv/bin/python3 {tool} app:app")  # run as a script
+    assert re.search(pattern, "serve app:app")  # as named (a program that execs itself by name)
+    assert not re.search(pattern, f"/srv/app/.venv/bin/python3 {tool} other:app")
+    assert not re.search(pattern, "/usr/bin/python3 /elsewhere/serve app:app")
