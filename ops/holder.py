@@ -122,10 +122,16 @@ class Holder:
 
     def _alive(self, entry: Held) -> str:
         """'' when the held connection and agent answer now, else why not."""
-        conn = getattr(entry.session.transport, "conn", None)
+        conn = getattr(entry.session.transport, "conn", None)  # paramiko's
         t = getattr(conn, "transport", None)
-        if t is None or not t.is_active():
+        if conn is not None and (t is None or not t.is_active()):
             return "the connection is closed"
+        ch = entry.session.agent.channel
+        if ch is None:
+            return "the agent's channel is closed"
+        proc = getattr(ch, "proc", None)  # the openssh transport's ssh process
+        if proc is not None and proc.poll() is not None:
+            return f"ssh exited ({proc.returncode})"
         try:
             entry.session.agent.call("ping", timeout=PING_TIMEOUT)
         except OpsError as exc:

@@ -12,8 +12,8 @@ holder afterwards (``hand_over``) for the next task.
 What is held is keyed by everything that decides how a host is reached and how its agent runs
 (``host_key``): the inventory file, the host's ssh target, interpreter and timeouts, the ssh_config
 and known_hosts in effect, and the agent's version (the socket's name carries it: a client of
-another version never meets this holder). Only SSH hosts are held: a ``local`` agent would inherit
-the holder's environment instead of the caller's.
+another version never meets this holder). Only SSH hosts are held, over either transport (the key
+carries it): a ``local`` agent would inherit the holder's environment instead of the caller's.
 
 ``--no-persist`` (``OPS_NO_PERSIST=1``) leaves the holder alone; ``inv disconnect`` closes every
 held connection (``disconnect_all``).
@@ -47,7 +47,6 @@ def enabled(inventory: Inventory, host: Host) -> bool:
     return (
         inventory.persist > 0
         and not host.local
-        and inventory.transport == "paramiko"
         and not os.environ.get("OPS_NO_PERSIST")
     )
 
@@ -86,6 +85,7 @@ def host_key(inventory: Inventory, host: Host) -> str:
         "python": host.python,
         "connect_timeout": host.connect_timeout,
         "command_timeout": host.command_timeout,
+        "transport": inventory.transport,
         "ssh_config": effective_ssh_config(inventory),
         "known_hosts": inventory.known_hosts,
         "home": os.path.expanduser("~"),
@@ -243,6 +243,7 @@ def hand_over(inventory: Inventory, host: Host) -> None:
     warm = {
         "op": "warm",
         "inventory": os.path.abspath(inventory.path),
+        "transport": inventory.transport,
         "ssh_config": effective_ssh_config(inventory),
         "hosts": [host.name],
         "persist": inventory.persist,

@@ -35,10 +35,11 @@ def runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     persist.disconnect_all()
 
 
-def _inventory(tmp_path: Path, server: SshServer, seconds: float = 30) -> inventory.Inventory:
+def _inventory(tmp_path: Path, server: SshServer, seconds: float = 30,
+               transport: str = "paramiko") -> inventory.Inventory:
     path = tmp_path / "hosts.toml"
     path.write_text(
-        f'[ssh]\nconfig = "{server.ssh_config_path}"\npersist = {seconds}\n'
+        f'[ssh]\nconfig = "{server.ssh_config_path}"\npersist = {seconds}\ntransport = "{transport}"\n'
         f'[hosts.box]\nssh = "opstest"\npath = "{tmp_path / "checkout"}"\n'
         f'state_dir = "{tmp_path / "state"}"\nservices = ["idle"]\n'
         '[services.idle]\ncmd = "sleep 1000"\n'
@@ -297,3 +298,37 @@ def test_a_task_that_fails_on_its_own_after_attaching_early_hands_the_agent_back
     assert again.agent.hello["pid"] == agent_pid  # still held, not busy, the same agent
     assert again.call("ping")["pong"]
     again.close()
+
+
+def test_the_openssh_transport_is_held_too_and_a_dead_ssh_is_detected(tmp_path, sshd, runtime):
+    inv = _inventory(tmp_path, sshd, transport="openssh")
+    _open(inv).close()
+    warm = _held(inv)
+    agent_pid = warm.agent.hello["pid"]
+    assert warm.call("ping")["pong"]
+    warm.close()
+    again = _held(inv)
+    assert again.agent.hello["pid"] == agent_pid  # the same agent, over the same ssh process
+    again.close()
+    os.kill(agent_pid, signal.SIGKILL)  # its ssh session ends with it
+    wait_until(lambda: not pid_alive(agent_pid), 10)
+    s = _open(inv)  # the holder finds it gone before use: a direct connection, as without persist
+    try:
+        assert not getattr(s.transport, "held", False)
+        assert s.agent.hello["pid"] != agent_pid and s.call("ping")["pong"]
+    finally:
+        s.close()
+
+
+def test_a_paramiko_held_agent_is_not_used_by_the_openssh_transport(tmp_path, sshd, runtime):
+    para = _inventory(tmp_path, sshd)
+    _open(para).close()
+    held = _held(para)
+    para_agent = held.agent.hello["pid"]
+    held.close()
+    ossh = _inventory(tmp_path, sshd, transport="openssh")  # the same file, now over openssh
+    s = _open(ossh)
+    try:
+        assert s.agent.hello["pid"] != para_agent  # another key: not the paramiko one
+    finally:
+        s.close()
