@@ -268,7 +268,7 @@ def test_a_request_stream_passes_through_the_holder_whole(tmp_path, sshd, runtim
     _open(inv).close()
     warm = _held(inv)
     try:
-        for i, payload in enumerate([b"a\nb\n" + bytes(range(256)) * 40 + b"no newline at the end",
+        for i, payload in enumerate([b"a\nb\n" + bytes(range(256)) * 1200 + b"no newline at the end",
                                      b'{"id": 99, "op": "ping"}\n' * 3 + b"tail",
                                      b"ends with a newline\n"]):
             f = tmp_path / f"stream-{i}"
