@@ -349,4 +349,12 @@ def main(version=None):
         from . import supervisor
 
         sys.exit(supervisor.main(sys.argv[2:]))
-    sys.exit(serve())
+    code = serve()
+    # Its work is done and written (locks released, state saved, replies flushed): leave without
+    # the interpreter's teardown, which the client's close would otherwise wait for (~5-10 ms).
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
