@@ -11,6 +11,7 @@ Per host the steps are a handful of agent calls (one round trip each): probe, lo
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import os
@@ -104,18 +105,25 @@ class Bundles:
         self.repo = repo
         self._lock = threading.Lock()
         self._made: dict[tuple[str, str | None], str] = {}
+        self._has: dict[str, bool] = {}
         self._dir: str | None = None
+        self._closed = False
+        self._ahead: list[threading.Thread] = []
 
     def has(self, commit: str) -> bool:
         """The local repository has this commit (so a bundle of it can be made)."""
-        code, _ = Git(self.repo, timeout=GIT_TIMEOUT).run(["cat-file", "-e", f"{commit}^{{commit}}"],
-                                                          ok_codes=None)
-        return code == 0
+        if commit not in self._has:
+            code, _ = Git(self.repo, timeout=GIT_TIMEOUT).run(["cat-file", "-e", f"{commit}^{{commit}}"],
+                                                              ok_codes=None)
+            self._has[commit] = code == 0
+        return self._has[commit]
 
     def path(self, commit: str, basis: str | None) -> str:
         key = (commit, basis if basis and basis != commit and _is_ancestor(self.repo, basis, commit)
                else None)
         with self._lock:
+            if self._closed:
+                raise OpsError("the deploy's bundles were already removed", "this is a bug in the tool")
             if key not in self._made:
                 if self._dir is None:
                     self._dir = tempfile.mkdtemp(prefix="ops-bundles-")
@@ -124,11 +132,28 @@ class Bundles:
                 self._made[key] = path
             return self._made[key]
 
+    def make_ahead(self, commit: str, basis: str | None) -> None:
+        """Make the bundle a host will most likely ask for (over ``basis``, the commit it was last
+        deployed to) in the background, while the host is connected to and locked: its deliver
+        then finds it made. A wrong guess costs nothing but that background work."""
+
+        def run() -> None:
+            with contextlib.suppress(Exception):  # the deliver makes it (or fails) itself
+                if self.has(commit):
+                    self.path(commit, basis)
+
+        t = threading.Thread(target=run, name="bundle-ahead", daemon=True)
+        self._ahead.append(t)
+        t.start()
+
     def get(self, commit: str, basis: str | None) -> bytes:
         return Path(self.path(commit, basis)).read_bytes()
 
     def close(self) -> None:
+        for t in self._ahead:  # a bundle still being made ahead finishes (git runs are bounded)
+            t.join(GIT_TIMEOUT)
         with self._lock:
+            self._closed = True
             if self._dir is not None:
                 shutil.rmtree(self._dir, ignore_errors=True)
             self._dir, self._made = None, {}
@@ -601,6 +626,27 @@ def local_journal_path() -> Path:
     return Path(base) / "ops" / "journal.jsonl"
 
 
+def last_deployed(host_name: str, tail_bytes: int = 65536) -> str | None:
+    """The commit the local journal last saw a good deploy of this host to, or None: a guess at
+    what the host has (its probe says for sure), read from the journal's last 64 KB."""
+    try:
+        with local_journal_path().open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - tail_bytes))
+            tail = f.read()
+    except OSError:
+        return None
+    for line in reversed(tail.splitlines()):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and entry.get("host") == host_name:
+            to = entry.get("to")
+            return to if entry.get("outcome") == "ok" and isinstance(to, str) else None
+    return None
+
+
 def append_local_journal(results: list[HostDeploy]) -> str | None:
     """Append the runs to the local journal; a journal that cannot be written (disk full,
     /dev/full, permissions) is a warning returned to the caller, never a failed deploy."""
@@ -667,6 +713,9 @@ def deploy(inv: Inventory, hosts: list[Host], opts: DeployOptions, on_step: Step
     if source is not None and not opts.dry_run:
         for remote, branch in {(h.remote, h.branch) for h in hosts if h.source == "pull"}:
             push_to_remote(source, remote, branch)
+        if bundles is not None:
+            for basis in {last_deployed(h.name) for h in hosts if h.source == "push"}:
+                bundles.make_ahead(source.commit, basis)
 
     def one(host: Host) -> HostDeploy:
         t = time.monotonic()
