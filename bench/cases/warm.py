@@ -193,6 +193,11 @@ def run(rig: Rig, runs: int | None, warmup: int) -> stats.CaseResult:
                                         cs <= fr))
         ans = f"{tag}: ansible-playbook, pipelining + ControlPersist"
         if ans in samples:
-            a = stats.median(samples[ans]) / stats.median(samples[f"{tag}: inv deploy, cold (--no-persist)"])
-            res.targets.append(stats.Target(f"{tag}: >= 10x faster than Ansible", f"{a:.1f}x", a >= 10))
+            for kind, label in (("cold", f"{tag}: inv deploy, cold (--no-persist)"),
+                                ("warm", f"{tag}: inv deploy, warm ([ssh] persist)")):
+                a = stats.median(samples[ans]) / stats.median(samples[label])
+                res.targets.append(stats.Target(f"{tag}: >= 10x faster than Ansible ({kind})", f"{a:.1f}x",
+                                                a >= 10))
+            f = stats.median(samples[ans]) / fl
+            res.notes.append(f"{tag}: the bash floor itself is {f:.1f}x faster than Ansible")
     return res
