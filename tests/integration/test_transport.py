@@ -8,10 +8,8 @@ from __future__ import annotations
 import getpass
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import threading
 import time
 import zipfile
 from collections.abc import Iterator
@@ -81,37 +79,6 @@ def ping(inv: inventory.Inventory, name: str) -> HostSession:
 
 
 # --- a port that never answers ------------------------------------------------------------------
-
-
-@pytest.fixture
-def blackhole() -> Iterator[tuple[int, list[socket.socket]]]:
-    """A TCP server that accepts connections and never writes a byte (no SSH banner)."""
-    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    server.bind(("127.0.0.1", 0))
-    server.listen(16)
-    server.settimeout(0.05)
-    accepted: list[socket.socket] = []
-    done = threading.Event()
-
-    def serve() -> None:
-        while not done.is_set():
-            try:
-                accepted.append(server.accept()[0])
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield server.getsockname()[1], accepted
-    finally:
-        done.set()
-        thread.join(5)
-        for conn in accepted:
-            conn.close()
-        server.close()
 
 
 @pytest.fixture

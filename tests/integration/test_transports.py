@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import getpass
 import os
-import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -65,43 +62,13 @@ def test_a_refused_port_is_unreachable_with_the_same_message(transport, sshd, tm
     assert info.value.exit_code == 3
 
 
-@pytest.fixture
-def blackhole() -> Iterator[int]:
-    """A TCP server that accepts connections and never writes a byte (no SSH banner)."""
-    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    server.bind(("127.0.0.1", 0))
-    server.listen(16)
-    server.settimeout(0.05)
-    accepted: list[socket.socket] = []
-    done = threading.Event()
-
-    def serve() -> None:
-        while not done.is_set():
-            try:
-                accepted.append(server.accept()[0])
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield server.getsockname()[1]
-    finally:
-        done.set()
-        thread.join(5)
-        for conn in accepted:
-            conn.close()
-        server.close()
-
-
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_a_host_that_never_sends_the_banner_is_unreachable_within_the_connect_timeout(
         transport, sshd, tmp_path, blackhole):
+    port, _ = blackhole
     config = tmp_path / "ssh_config"
     config.write_text(sshd.ssh_config_path.read_text() + "\n" + "\n".join([
-        "Host opsblackhole", "    HostName 127.0.0.1", f"    Port {blackhole}", f"    User {sshd.user}",
+        "Host opsblackhole", "    HostName 127.0.0.1", f"    Port {port}", f"    User {sshd.user}",
         f"    IdentityFile {sshd.key_path}", "    IdentitiesOnly yes",
         f"    UserKnownHostsFile {tmp_path / 'kh'}", ""]))
     path = _write(tmp_path, sshd, transport, alias="opsblackhole")
@@ -113,7 +80,7 @@ def test_a_host_that_never_sends_the_banner_is_unreachable_within_the_connect_ti
     took = time.monotonic() - t
     assert took < CONNECT_TIMEOUT + 10, f"took {took:.1f}s"
     assert info.value.message == (
-        f"box: {sshd.user}@127.0.0.1:{blackhole} accepted the TCP connection but did not complete "
+        f"box: {sshd.user}@127.0.0.1:{port} accepted the TCP connection but did not complete "
         f"the SSH handshake within {CONNECT_TIMEOUT}s")
 
 
