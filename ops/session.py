@@ -89,12 +89,13 @@ _EARLY_LOCK = threading.Lock()
 
 def open_early(inventory: Inventory, hosts: list[Host]) -> None:
     """Begin opening these hosts' sessions now, each in a background thread, so that the SSH
-    handshake and the agent's start on the host run while this process goes on importing and
-    preparing the task (a cold `inv status` spends ~150 ms on that before its first byte to the
-    host). ``connect`` adopts the session, or raises exactly the error its opening raised: a
-    session is the same whether it was opened early or late. A task that ends without adopting
-    one (a usage error found later, an empty plan) closes it with ``drop_early``."""
-    for host in hosts:
+    handshake and the agent's start on the host (~100 ms on loopback, more over a real link) run
+    while this process goes on importing and preparing the task. ``connect`` adopts the session,
+    or raises exactly the error its opening raised: a session is the same whether it was opened
+    early or late. A task that ends without adopting one (a usage error found later, an empty
+    plan) closes it with ``drop_early``. At most MAX_PARALLEL hosts, the first ones: on_hosts
+    works on no more at once."""
+    for host in hosts[:MAX_PARALLEL]:
         with _EARLY_LOCK:
             if host.name in _EARLY:
                 continue
