@@ -11,12 +11,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from ops.agentclient import AgentSession, EventHandler
-from ops.errors import OpsError
+from ops.agentclient import AGENT_START_TIMEOUT, AgentSession, EventHandler
+from ops.errors import OpsError, TransportError
 from ops.inventory import Host, Inventory, Service
 from ops.transport import for_host
 
@@ -117,13 +118,25 @@ def open_early(inventory: Inventory, hosts: list[Host]) -> None:
         threading.Thread(target=run, name=f"open-early-{host.name}", daemon=True).start()
 
 
+def open_bound(host: Host) -> float:
+    """The longest an opening can take by its own timeouts (connect, three agent starts, shipping
+    the agent once), with room to spare: what waiting for an early opening is bounded by."""
+    return host.connect_timeout + 3 * AGENT_START_TIMEOUT + host.command_timeout + 30.0
+
+
 def _adopt(inventory: Inventory, host: Host) -> HostSession | None:
     with _EARLY_LOCK:
         entry = _EARLY.get(host.name)
         if entry is None or entry[0] is not inventory:
             return None
         del _EARLY[host.name]
-    return entry[1].result()  # bounded by the open's own timeouts (connect, agent start)
+    future = entry[1]
+    try:
+        return future.result(timeout=open_bound(host))
+    except FutureTimeout:
+        future.add_done_callback(_close_unadopted)
+        raise TransportError(host.name, f"opening the session did not end within {open_bound(host):.0f}s",
+                             "this is a bug in the tool; please report it") from None
 
 
 def drop_early() -> None:

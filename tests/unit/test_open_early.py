@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from ops import session as S
-from ops.errors import Unreachable
+from ops.errors import TransportError, Unreachable
 from tests.harness import wait_until
 
 
@@ -39,6 +39,8 @@ class FakeSession:
 
 
 class Host:
+    connect_timeout, command_timeout = 5.0, 60.0
+
     def __init__(self, name: str, fail: bool = False, gate: threading.Event | None = None) -> None:
         self.name, self.fail, self.gate = name, fail, gate
 
@@ -109,3 +111,16 @@ def test_each_host_is_opened_early_once() -> None:
     with S.connect(inv, host):
         pass
     assert len(FakeSession.opened) == 1
+
+
+def test_waiting_for_an_early_opening_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    # its own timeouts bound an opening; should one ever hang anyway, connect says so, and the
+    # session is closed if it ever opens
+    monkeypatch.setattr(S, "open_bound", lambda host: 0.2)
+    gate = threading.Event()
+    inv, host = object(), Host("stuck", gate=gate)
+    S.open_early(inv, [host])
+    with pytest.raises(TransportError, match="did not end within 0s"), S.connect(inv, host):
+        pass
+    gate.set()
+    wait_closed()
