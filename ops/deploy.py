@@ -629,11 +629,14 @@ def local_journal_path() -> Path:
 def last_deployed(host_name: str, tail_bytes: int = 65536) -> str | None:
     """The commit the local journal last saw a good deploy of this host to, or None: a guess at
     what the host has (its probe says for sure), read from the journal's last 64 KB."""
+    path = local_journal_path()
     try:
-        with local_journal_path().open("rb") as f:
+        if not path.is_file():  # a device (/dev/full, /dev/zero) never ends: never read one
+            return None
+        with path.open("rb") as f:
             f.seek(0, os.SEEK_END)
             f.seek(max(0, f.tell() - tail_bytes))
-            tail = f.read()
+            tail = f.read(tail_bytes)
     except OSError:
         return None
     for line in reversed(tail.splitlines()):

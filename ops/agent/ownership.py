@@ -144,7 +144,10 @@ def path_script(argv, path, read_shebang=None):
 def shebang(path):
     """The interpreter command a script's ``#!`` line runs it with, as the process will show it:
     ``["/bin/sh"]``, ``["/usr/bin/python3", "-u"]``, or ``["python3"]`` for ``/usr/bin/env
-    python3`` (env runs it by name). None for anything that is not a readable script."""
+    python3`` (env runs it by name). None for anything that is not a readable script (a device
+    or a FIFO is never opened: neither is a script, and reading one may never end)."""
+    if not os.path.isfile(path):
+        return None
     try:
         with open(path, "rb") as f:
             head = f.read(256)

@@ -75,3 +75,10 @@ def test_close_waits_for_a_bundle_still_being_made_ahead(repo) -> None:
     b.close()
     assert all(not t.is_alive() for t in b._ahead)
     assert b._dir is None
+
+
+@pytest.mark.parametrize("device", ["/dev/full", "/dev/zero"])
+def test_a_journal_that_is_a_device_is_never_read(monkeypatch, device) -> None:
+    # /dev/zero and /dev/full never end: reading one "to its end" never returned
+    monkeypatch.setenv("OPS_JOURNAL", device)
+    assert deploy.last_deployed("box") is None

@@ -3,6 +3,7 @@ by exact output, against literal process tables (no processes are touched)."""
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
@@ -101,6 +102,9 @@ def test_a_script_shows_its_interpreter_first(tmp_path) -> None:
     assert ownership.shown_argv([str(direct)]) == ["/bin/sh", "-e", str(direct)]
     assert ownership.shown_argv([str(binary), "1"]) == [str(binary), "1"]
     assert ownership.shown_argv([str(tmp_path / "missing")]) == [str(tmp_path / "missing")]
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert ownership.shown_argv([str(fifo)]) == [str(fifo)]  # never opened (it would block)
     assert ownership.shown_argv(["python3", str(env_py)]) == ["python3", str(env_py)]  # by PATH: as named
     pattern = ownership.default_match(ownership.shown_argv([str(env_py), "--x"]))
     assert re.search(pattern, f"/usr/bin/python3 {env_py} --x")
