@@ -243,7 +243,6 @@ def hand_over(inventory: Inventory, host: Host) -> None:
     warm = {
         "op": "warm",
         "inventory": os.path.abspath(inventory.path),
-        "transport": inventory.transport,
         "ssh_config": effective_ssh_config(inventory),
         "hosts": [host.name],
         "persist": inventory.persist,
