@@ -128,19 +128,6 @@ def which(name, path):
     return None
 
 
-def path_script(argv, path, read_shebang=None):
-    """For a program named without a path that PATH finds as a script (a venv's console script,
-    a tool's launcher): what its process shows in front of the arguments, ``[interpreter...,
-    full path]``; None when it is not one."""
-    if not argv or "/" in argv[0]:
-        return None
-    found = which(argv[0], path)
-    if found is None:
-        return None
-    interp = (read_shebang or shebang)(found)
-    return interp + [found] if interp else None
-
-
 def shebang(path):
     """The interpreter command a script's ``#!`` line runs it with, as the process will show it:
     ``["/bin/sh"]``, ``["/usr/bin/python3", "-u"]``, or ``["python3"]`` for ``/usr/bin/env
@@ -163,6 +150,19 @@ def shebang(path):
     if os.path.basename(interp) == "env" and arg and not arg.startswith("-") and " " not in arg:
         return [arg]
     return [interp] + ([arg] if arg else [])
+
+
+def path_script(argv, path, read_shebang=shebang):
+    """For a program named without a path that PATH finds as a script (a venv's console script,
+    a tool's launcher): what its process shows in front of the arguments, ``[interpreter...,
+    full path]``; None when it is not one."""
+    if not argv or "/" in argv[0]:
+        return None
+    found = which(argv[0], path)
+    if found is None:
+        return None
+    interp = read_shebang(found)
+    return interp + [found] if interp else None
 
 
 def shown_argv(argv, read_shebang=shebang):
